@@ -1,0 +1,1 @@
+"""segssl: config-driven semi-supervised medical image segmentation."""

@@ -1,0 +1,221 @@
+"""The data module: labeled and unlabeled training streams, whole volumes for evaluation.
+
+Two separate loaders (rather than one two-stream batch sampler as in SSL4MIS) so that Lightning
+shards each with its own distributed sampler under DDP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from monai.data import DataLoader, Dataset
+from pytorch_lightning.utilities import CombinedLoader
+
+from segssl.data.readers import DataError, make_layout, split_labeled
+from segssl.data.transforms import patch_train_transforms, slice_train_transforms
+
+log = logging.getLogger(__name__)
+
+
+def first_item(batch: list[Any]) -> Any:
+    """Collate for whole volumes: one volume per step, kept as numpy arrays."""
+    return batch[0]
+
+
+def default_num_workers() -> int:
+    """Use the machine's cores but leave one for the training process itself."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+class SemiSupervisedDataModule(pl.LightningDataModule):
+    """Labeled and unlabeled training items (2-D slices or 3-D volumes, by layout) and whole
+    volumes for validation and test."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        num_classes: int,
+        class_names: Sequence[str],
+        labeled: int,
+        image_size: int | None,
+        batch_size: int,
+        labeled_batch_size: int,
+        name: str = "acdc",
+        layout: str = "ssl4mis",
+        use_unlabeled: bool = True,
+        views: Callable[[dict], dict] | None = None,
+        augment: bool = True,
+        num_workers: int | None = None,
+        pin_memory: bool = True,
+        synthetic: dict | None = None,
+        val_split: str = "val",
+        test_split: str = "test",
+        patch_size: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 < labeled_batch_size <= batch_size:
+            raise DataError(
+                f"data.labeled_batch_size={labeled_batch_size} must be in 1..data.batch_size "
+                f"({batch_size})"
+            )
+        if len(class_names) != num_classes - 1:
+            raise DataError(
+                f"data.class_names has {len(class_names)} names, expected num_classes - 1 = "
+                f"{num_classes - 1} (foreground classes)"
+            )
+        self.root = Path(root).expanduser()
+        self.name, self.layout_name = name, layout
+        self.num_classes, self.class_names = num_classes, list(class_names)
+        self.labeled, self.image_size = labeled, image_size
+        self.patch_size = list(patch_size) if patch_size is not None else None
+        self.batch_size, self.labeled_batch_size = batch_size, labeled_batch_size
+        self.use_unlabeled = use_unlabeled
+        self.views, self.augment = views, augment
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.pin_memory = pin_memory
+        self.synthetic = synthetic
+        self.val_split, self.test_split = val_split, test_split
+        self._layout = None
+        self._train: dict[str, list[dict]] = {}
+        self._volumes: dict[str, list[dict]] = {}
+
+    # -- set-up -----------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            from segssl.data.synthetic import ensure_synthetic_dataset
+
+            ensure_synthetic_dataset(self.root, **self.synthetic)
+
+    @property
+    def layout(self):
+        if self._layout is None:
+            self._layout = make_layout(self.layout_name, self.root)
+        return self._layout
+
+    @property
+    def unlabeled_batch_size(self) -> int:
+        return self.batch_size - self.labeled_batch_size if self.use_unlabeled else 0
+
+    def resolve_test_split(self) -> str:
+        """The test split if the folder has one, else the validation split, said loudly."""
+        if self.layout.has_split(self.test_split):
+            return self.test_split
+        log.warning(
+            "No test split in %s (%s is missing): evaluating on the '%s' split instead.",
+            self.root,
+            self.layout.list_path(self.test_split).name,
+            self.val_split,
+        )
+        return self.val_split
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and not self._train:
+            self._train = self._load_training_items()
+        if stage in (None, "fit", "validate"):
+            self._load_volumes(self.val_split)
+        if stage in (None, "test"):
+            self._load_volumes(self.resolve_test_split())
+
+    def _load_training_items(self) -> dict[str, list[dict]]:
+        """Read and check every training item up front: bad data fails before step one.""" ""
+        self.layout.check_files("train")
+        labeled_ids, unlabeled_ids = split_labeled(self.layout.ids("train"), self.labeled)
+        if len(labeled_ids) < self.labeled_batch_size:
+            raise DataError(
+                f"data.labeled={self.labeled} gives {len(labeled_ids)} labeled slices, fewer than "
+                f"data.labeled_batch_size={self.labeled_batch_size}"
+            )
+        streams = {"labeled": self._read_training_items(labeled_ids, keep_label=True)}
+        if self.unlabeled_batch_size:
+            if not unlabeled_ids:
+                raise DataError(
+                    f"data.labeled={self.labeled} labels every training patient in {self.root}: "
+                    "no unlabeled data is left for a semi-supervised method"
+                )
+            streams["unlabeled"] = self._read_training_items(unlabeled_ids, keep_label=False)
+        log.info(
+            "Training data %s: %d labeled slices (%d patients), %d unlabeled slices",
+            self.root,
+            len(labeled_ids),
+            self.labeled,
+            len(unlabeled_ids),
+        )
+        return streams
+
+    def _read_training_items(self, ids: list[str], keep_label: bool) -> list[dict]:
+        samples = []
+        for item_id in ids:
+            s = self.layout.load(
+                "train", item_id, num_classes=self.num_classes, require_label=keep_label
+            )
+            item = {"image": s.image, "case": item_id}
+            if keep_label:
+                item["label"] = s.label
+            samples.append(item)
+        return samples
+
+    def _load_volumes(self, split: str) -> None:
+        if split in self._volumes:
+            return
+        self.layout.check_files(split)
+        volumes = []
+        for item_id in self.layout.ids(split):
+            s = self.layout.load(split, item_id, num_classes=self.num_classes, require_label=True)
+            volumes.append(
+                {"image": s.image, "label": s.label, "case": s.case, "spacing": s.spacing}
+            )
+        self._volumes[split] = volumes
+
+    def volumes(self, split: str) -> list[dict]:
+        self._load_volumes(split)
+        return self._volumes[split]
+
+    # -- loaders ----------------------------------------------------------------------------
+    def _stream_loader(self, samples: list[dict], batch_size: int, workers: int) -> DataLoader:
+        transform = self.train_transform()
+        return DataLoader(
+            Dataset(samples, transform=transform),
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=len(samples) >= batch_size,
+            num_workers=workers,
+            pin_memory=self.pin_memory and self._on_accelerator(),
+            persistent_workers=workers > 0,
+        )
+
+    def train_transform(self):
+        """2-D slices are resized to ``image_size``; 3-D volumes are cropped to ``patch_size``."""
+        if self.layout.train_ndim == 2:
+            return slice_train_transforms(self.image_size, views=self.views, augment=self.augment)
+        if self.patch_size is None:
+            raise DataError(f"data.patch_size is required for 3-D training data in {self.root}")
+        return patch_train_transforms(self.patch_size, views=self.views, augment=self.augment)
+
+    def _on_accelerator(self) -> bool:
+        trainer = self.trainer
+        return trainer is not None and trainer.accelerator.__class__.__name__ != "CPUAccelerator"
+
+    def train_dataloader(self) -> CombinedLoader:
+        streams = {"labeled": self.labeled_batch_size, "unlabeled": self.unlabeled_batch_size}
+        active = {name: size for name, size in streams.items() if size and name in self._train}
+        per_stream = self.num_workers // len(active) if self.num_workers else 0
+        per_stream = max(per_stream, 1) if self.num_workers else 0
+        loaders = {
+            name: self._stream_loader(self._train[name], size, per_stream)
+            for name, size in active.items()
+        }
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def _volume_loader(self, split: str) -> DataLoader:
+        return DataLoader(self.volumes(split), batch_size=1, collate_fn=first_item, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._volume_loader(self.val_split)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._volume_loader(self.resolve_test_split())

@@ -1,0 +1,235 @@
+"""Evaluation outputs: ``results.json`` (summary), per-case CSV, and a terminal table.
+
+``results.json`` has a fixed schema so ``report`` and later comparisons can read any run:
+``split``, ``checkpoint``, ``protocol``, ``models`` (name -> ``aggregate`` dict), ``config``,
+``created`` (plus ``extra`` only when given). Files are written atomically (temp file in the
+same folder, then ``os.replace``) so an interrupted run never leaves a half-written file, and
+existing files are not overwritten unless asked: results of an earlier run are evidence.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segssl.evaluation.metrics import EMPTY_MASK_POLICY, METRIC_NAMES
+
+RESULTS_FILENAME = "results.json"
+RESULTS_KEYS = ("split", "checkpoint", "protocol", "models", "config", "created")
+AGGREGATE_KEYS = ("mean", "per_class", "num_cases")
+PER_CASE_COLUMNS = (
+    "model",
+    "case",
+    "class",
+    "dice",
+    "jaccard",
+    "hd95",
+    "asd",
+    "pred_empty",
+    "label_empty",
+)
+
+
+def write_results(
+    path: str | os.PathLike,
+    *,
+    split: str,
+    checkpoint: str | os.PathLike | None,
+    protocol: Mapping[str, Any],
+    models: Mapping[str, Mapping[str, Any]],
+    config: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``results.json`` atomically and return its path.
+
+    ``path`` is the file, or an existing folder to write ``results.json`` into. ``protocol``
+    gets ``empty_mask_policy`` filled in when absent, since every number depends on it.
+    Raises ``FileExistsError`` if the file exists and ``overwrite`` is false.
+    """
+    target = _results_path(path)
+    _refuse_overwrite(target, overwrite)
+    _check_models(models)
+    payload: dict[str, Any] = {
+        "split": str(split),
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "protocol": {"empty_mask_policy": EMPTY_MASK_POLICY, **protocol},
+        "models": {str(name): dict(summary) for name, summary in models.items()},
+        "config": dict(config),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if extra is not None:
+        payload["extra"] = dict(extra)
+    text = json.dumps(payload, indent=2, default=_json_default) + "\n"
+    _atomic_write_text(target, text)
+    return target
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a ``results.json`` (file or its folder), checking the required keys are there."""
+    target = _results_path(path)
+    results = json.loads(target.read_text())
+    missing = [k for k in RESULTS_KEYS if k not in results]
+    if missing:
+        raise ValueError(f"path: {target} is not a segssl results file, missing keys {missing}")
+    return results
+
+
+def case_rows(model: str, case: str, metrics: Mapping[str, Mapping[str, Any]]) -> list[dict]:
+    """Per-case CSV rows (one per class) from one ``case_metrics`` result."""
+    return [
+        {
+            "model": model,
+            "case": case,
+            "class": name,
+            **{k: values[k] for k in PER_CASE_COLUMNS[3:]},
+        }
+        for name, values in metrics.items()
+    ]
+
+
+def write_per_case_csv(
+    path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], *, overwrite: bool = False
+) -> Path:
+    """Write per-case, per-class metrics (``PER_CASE_COLUMNS``) atomically; return the path."""
+    target = Path(path)
+    _refuse_overwrite(target, overwrite)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PER_CASE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for i, row in enumerate(rows):
+        keys = set(row)
+        if keys != set(PER_CASE_COLUMNS):
+            raise ValueError(
+                f"rows[{i}]: expected exactly the columns {list(PER_CASE_COLUMNS)}, "
+                f"missing {sorted(set(PER_CASE_COLUMNS) - keys)}, "
+                f"unexpected {sorted(keys - set(PER_CASE_COLUMNS))}"
+            )
+        writer.writerow({k: _csv_value(row[k]) for k in PER_CASE_COLUMNS})
+    _atomic_write_text(target, buffer.getvalue())
+    return target
+
+
+def format_results_table(results: Mapping[str, Any]) -> str:
+    """Fixed-width text table of a results dict: one row per model, mean metrics, per-class Dice."""
+    missing = [k for k in ("split", "checkpoint", "protocol", "models") if k not in results]
+    if missing:
+        raise ValueError(f"results: expected a write_results/read_results dict, missing {missing}")
+    models = results["models"]
+    classes = _class_order(models)
+    units = _units(results["protocol"])
+    header = ["model", "cases", "Dice", "Jaccard", f"HD95 ({units})", f"ASD ({units})"]
+    header += [f"Dice {name}" for name in classes]
+    body = [_table_row(name, summary, classes) for name, summary in models.items()]
+    title = (
+        f"split: {results['split']} | checkpoint: {results['checkpoint']} | distances in {units}"
+    )
+    return "\n".join([title, *_align([header, *body])])
+
+
+def _units(protocol: Mapping[str, Any]) -> str:
+    """Distance units named by the protocol (``units`` or ``distance_units``)."""
+    return str(protocol.get("units", protocol.get("distance_units", "unknown units")))
+
+
+def _table_row(name: str, summary: Mapping[str, Any], classes: Sequence[str]) -> list[str]:
+    """One table row: model, case count, mean metrics, then per-class Dice ('-' if absent)."""
+    mean = summary["mean"]
+    row = [name, str(summary["num_cases"])]
+    row += [_fmt(m, mean[m]) for m in METRIC_NAMES]
+    per_class = summary["per_class"]
+    row += [_fmt("dice", per_class[c]["dice"]) if c in per_class else "-" for c in classes]
+    return row
+
+
+def _align(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-align the first column, right-align the others, two spaces between columns."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        cells = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _fmt(metric: str, value: float) -> str:
+    """Overlap scores with 4 decimals, distances with 2."""
+    return f"{value:.4f}" if metric in ("dice", "jaccard") else f"{value:.2f}"
+
+
+def _class_order(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Class names across all models, in first-seen order."""
+    names: dict[str, None] = {}
+    for summary in models.values():
+        names.update(dict.fromkeys(summary["per_class"]))
+    return list(names)
+
+
+def _check_models(models: Mapping[str, Mapping[str, Any]]) -> None:
+    """Each model entry must be an ``aggregate`` result."""
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models: expected a non-empty dict of model name -> aggregate() result")
+    for name, summary in models.items():
+        if not isinstance(summary, Mapping) or any(k not in summary for k in AGGREGATE_KEYS):
+            raise ValueError(
+                f"models[{name!r}]: expected an aggregate() dict with keys {list(AGGREGATE_KEYS)}"
+            )
+
+
+def _results_path(path: str | os.PathLike) -> Path:
+    """``path`` itself, or ``path/results.json`` when it is a folder."""
+    target = Path(path)
+    return target / RESULTS_FILENAME if target.is_dir() else target
+
+
+def _refuse_overwrite(target: Path, overwrite: bool) -> None:
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+
+
+def _atomic_write_text(target: Path, text: str) -> None:
+    """Write to a temp file beside ``target`` and rename it over, so readers never see a part."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    """JSON form of numpy values, paths and config containers (e.g. OmegaConf)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return list(value)
+    raise TypeError(f"cannot store a {type(value).__name__} in results.json: {value!r}")
+
+
+def _csv_value(value: Any) -> Any:
+    """Plain Python values for the CSV (numpy scalars print as their value)."""
+    return value.item() if isinstance(value, np.generic) else value

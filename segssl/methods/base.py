@@ -1,0 +1,165 @@
+"""The one LightningModule base every method shares: networks, optimiser, poly schedule,
+validation and test through ``segssl.evaluation``. A method subclass only says which networks
+it trains, which models are evaluated, and how the loss is made from a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+from segssl.evaluation.evaluator import VolumeEvaluator
+
+PredictFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def plain(config: Any) -> Any:
+    """A config node as plain Python containers (DictConfig/ListConfig -> dict/list)."""
+    return OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else config
+
+
+def softmax_of(network: nn.Module) -> PredictFn:
+    return lambda x: torch.softmax(network(x).float(), dim=1)
+
+
+class SegmentationMethod(pl.LightningModule):
+    """Base of all methods. Subclasses set ``network_names`` and ``uses_unlabeled`` and implement
+    ``training_losses``; the first returned key ``loss`` is optimised, every key is logged."""
+
+    network_names: tuple[str, ...] = ("net",)
+    uses_unlabeled: bool = False
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        num_classes: int,
+        class_names: Sequence[str],
+        optimizer: Mapping[str, Any],
+        evaluation: Mapping[str, Any],
+        poly_power: float = 0.9,
+        model_2: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        model, optimizer, evaluation = (plain(c) for c in (model, optimizer, evaluation))
+        model_2, class_names = plain(model_2), list(class_names)
+        # plain data only in checkpoints: they load with torch's weights_only=True
+        self.save_hyperparameters(
+            {
+                "model": model,
+                "num_classes": num_classes,
+                "class_names": class_names,
+                "optimizer": optimizer,
+                "evaluation": evaluation,
+                "poly_power": poly_power,
+                "model_2": model_2,
+                **self.method_hparams(),
+            }
+        )
+        configs = [model, model_2 or model]
+        self.networks = nn.ModuleDict(
+            {name: instantiate(configs[min(i, 1)]) for i, name in enumerate(self.network_names)}
+        )
+        self.num_classes, self.class_names = num_classes, list(class_names)
+        self.evaluator = VolumeEvaluator(num_classes, self.class_names, **evaluation)
+        self.evaluation_results: dict[str, dict] = {}
+        # name under which test metrics are logged ("test_on_val" when the data has no test split)
+        self.evaluation_stage = "test"
+        # the run's resolved config, stored in checkpoints so `segssl test` needs no overrides
+        self.run_config: dict[str, Any] | None = None
+
+    # -- what subclasses define --------------------------------------------------------------
+    def method_hparams(self) -> dict[str, Any]:
+        """Method-specific constructor arguments, stored in checkpoints with the base ones."""
+        return {}
+
+    def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def predict_fns(self) -> dict[str, PredictFn]:
+        """The networks evaluated, by name, as functions from images to class probabilities."""
+        return {name: softmax_of(net) for name, net in self.networks.items()}
+
+    def ensembles(self) -> dict[str, list[str]]:
+        """Models evaluated as the mean probability of several networks."""
+        return {}
+
+    @property
+    def selection_model(self) -> str:
+        """The model checkpoints are selected on (validation only): the ensemble if any."""
+        return (list(self.predict_fns()) + list(self.ensembles()))[-1]
+
+    # -- training ----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of the selection model."""
+        fns = self.predict_fns()
+        members = self.ensembles().get(self.selection_model, [self.selection_model])
+        return torch.stack([fns[m](x) for m in members]).mean(0)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self.training_losses(batch)
+        size = batch["labeled"]["image_1"].shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
+        return losses["loss"]
+
+    def configure_optimizers(self) -> dict:
+        """One optimiser, one parameter group per network: the same update as SSL4MIS's one
+        optimiser per network (the losses of the networks share no gradient), with Lightning's
+        automatic optimisation, precision and accumulation."""
+        groups = [{"params": net.parameters(), "name": n} for n, net in self.trainable().items()]
+        optimizer = instantiate(self.hparams.optimizer, _partial_=True)(groups)
+        total = max(int(self.trainer.max_steps), 1)
+        power = self.hparams.poly_power
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: max(1.0 - step / total, 0.0) ** power
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return dict(self.networks.items())
+
+    # -- evaluation --------------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluator.add_case(self.predict_fns(), batch, self.device, self.ensembles())
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluator.add_case(self.predict_fns(), batch, self.device, self.ensembles())
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator.reset()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation(self.evaluation_stage)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["segssl_config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.run_config = checkpoint.get("segssl_config")
+
+    def _log_evaluation(self, stage: str) -> None:
+        summary = self.evaluator.summarize()
+        self.evaluation_results[stage] = summary
+        metrics = {}
+        for model_name, result in summary["models"].items():
+            for metric, value in result["mean"].items():
+                metrics[f"{stage}/{model_name}/{metric}"] = value
+            for cls, values in result["per_class"].items():
+                metrics[f"{stage}/{model_name}/dice_{cls}"] = values["dice"]
+        self.log_dict({k: float(v) for k, v in metrics.items()})
+        if summary["models"]:
+            selected = summary["models"][self.selection_model]["mean"]["dice"]
+            self.log(f"{stage}/dice", float(selected), prog_bar=True)

@@ -1,0 +1,22 @@
+"""Supervised baseline: one network, labeled data only."""
+
+from __future__ import annotations
+
+import torch
+
+from segssl.methods.base import SegmentationMethod
+from segssl.methods.losses import SupervisedLoss
+
+
+class Supervised(SegmentationMethod):
+    network_names = ("net",)
+    uses_unlabeled = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.supervised_loss = SupervisedLoss()
+
+    def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        labeled = batch["labeled"]
+        loss = self.supervised_loss(self.networks["net"](labeled["image_1"]), labeled["label"])
+        return {"loss": loss}

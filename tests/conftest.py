@@ -1,0 +1,90 @@
+"""Shared fixtures: a tiny synthetic dataset and a way to run the Hydra tasks in-process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from segssl.config import config_dir
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+SHARED_DATA = Path(
+    os.environ.get("SEGSSL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+
+# A dataset and run small enough for a few seconds on 2 CPU cores.
+TINY = [
+    "data.synthetic.num_train_patients=4",
+    "data.synthetic.num_val_patients=2",
+    "data.synthetic.num_test_patients=2",
+    "data.synthetic.image_size=32",
+    "data.synthetic.slices_per_volume=4",
+    "data.labeled=1",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.labeled_batch_size=2",
+    "data.num_workers=0",
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "logger=csv",
+]
+
+
+def shared_data(name: str) -> Path:
+    """Path of a real dataset beside the repo, or skip the test saying why."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data {path} not present (set SEGSSL_SHARED_DATA to its parent folder)")
+    return path
+
+
+def compose_config(
+    config_name: str, overrides: list[str], output_dir: Path, data_dir: Path | None = None
+) -> DictConfig:
+    """Compose a config as the CLI would, with the run folder at ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(output_dir.parent)
+        cfg.hydra.job.num = 0
+        if data_dir is not None:
+            cfg.paths.data_dir = str(data_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Parent folder holding the tiny synthetic dataset, generated once per session."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def run_task(tmp_path: Path, tiny_data_dir: Path):
+    """Run ``train``/``test`` in-process on the tiny data; returns (output_dir, result)."""
+
+    def run(overrides: list[str], task: str = "train", name: str = "run"):
+        output_dir = tmp_path / name
+        cfg = compose_config(task, overrides, output_dir, tiny_data_dir)
+        if task == "train":
+            from segssl.train import train as fn
+        else:
+            from segssl.evaluate import test as fn
+        result = fn(cfg)
+        return output_dir, result, cfg
+
+    return run

@@ -1,0 +1,148 @@
+"""End-to-end training runs on the tiny synthetic data: every method, the documented overrides,
+the results contract, checkpoint evaluation and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+
+RESULT_KEYS = {"split", "checkpoint", "protocol", "models", "config", "created"}
+METRICS = {"dice", "jaccard", "hd95", "asd"}
+
+
+def read_results(output_dir: Path) -> dict:
+    return json.loads((output_dir / "results.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("method", "models", "networks"),
+    [
+        ("supervised", {"net"}, {"net"}),
+        ("cps", {"net1", "net2", "ensemble"}, {"net1", "net2"}),
+        ("dsaif", {"net1", "net2", "ensemble"}, {"net1", "net2"}),
+    ],
+)
+def test_each_method_trains_and_writes_results(run_task, method, models, networks):
+    output_dir, _, cfg = run_task([*TINY, f"method={method}"])
+    results = read_results(output_dir)
+    assert set(results) == RESULT_KEYS
+    assert results["split"] == "test"
+    assert set(results["models"]) == models
+    for summary in results["models"].values():
+        assert set(summary["mean"]) == METRICS
+        assert set(summary["per_class"]) == {"RV", "Myo", "LV"}
+        assert summary["num_cases"] == 4  # 2 test patients x 2 frames
+        assert 0.0 <= summary["mean"]["dice"] <= 1.0
+    assert results["config"]["method_name"] == method
+    assert Path(results["checkpoint"]).is_file()
+    checkpoint = torch.load(results["checkpoint"], map_location="cpu", weights_only=True)
+    assert {k.split(".")[1] for k in checkpoint["state_dict"] if k.startswith("networks.")} == (
+        networks
+    )
+    assert checkpoint["global_step"] == 2  # best on validation at step 2, not the last step
+    assert (output_dir / "per_case.csv").read_text().count("\n") == 1 + 4 * 3 * len(models)
+
+
+def test_method_chooses_views_and_command_line_can_override(run_task):
+    from hydra.utils import instantiate
+
+    from segssl.data.views import TwoViews
+
+    _, _, cfg = run_task([*TINY, "method=cps", "trainer.max_steps=0", "test=false"])
+    assert cfg.filter._target_ == "segssl.data.views.TwoViews" and cfg.filter.p == 0.0
+    _, _, cfg = run_task([*TINY, "method=dsaif", "filter.p=0.25", "filter.area_threshold=7",
+                          "trainer.max_steps=0", "test=false"], name="b")
+    views = instantiate(cfg.filter)
+    assert isinstance(views, TwoViews) and views.p == 0.25
+    assert views.view_a.area_threshold == 7 and {views.view_a.tree, views.view_b.tree} == {
+        "max",
+        "min",
+    }
+
+
+def test_supervised_sees_only_labeled_data(run_task):
+    from segssl.train import build_data_and_method
+
+    _, _, cfg = run_task([*TINY, "method=supervised", "trainer.max_steps=0", "test=false"])
+    datamodule, method = build_data_and_method(cfg)
+    batch = next(iter(datamodule.train_dataloader()))[0]
+    assert set(batch) == {"labeled"}
+    assert batch["labeled"]["image_1"].shape == (2, 1, 32, 32)
+    assert not method.uses_unlabeled
+
+
+def test_labeled_count_image_size_and_seed(run_task):
+    from segssl.train import build_data_and_method
+
+    _, _, cfg = run_task([*TINY, "data.labeled=2", "data.image_size=16", "seed=3",
+                          "trainer.max_steps=0", "test=false"])
+    datamodule, _ = build_data_and_method(cfg)
+    labeled = {s["case"].split("_")[0] for s in datamodule._train["labeled"]}
+    unlabeled = {s["case"].split("_")[0] for s in datamodule._train["unlabeled"]}
+    assert len(labeled) == 2 and not labeled & unlabeled and len(unlabeled) == 2
+    assert all("label" not in s for s in datamodule._train["unlabeled"])
+    batch = next(iter(datamodule.train_dataloader()))[0]
+    assert batch["unlabeled"]["image_2"].shape == (2, 1, 16, 16)
+    assert "label" not in batch["unlabeled"]
+
+
+def test_same_seed_same_metrics(run_task):
+    first, _, _ = run_task([*TINY, "method=cps", "seed=5"], name="a")
+    second, _, _ = run_task([*TINY, "method=cps", "seed=5"], name="b")
+    a, b = read_results(first)["models"], read_results(second)["models"]
+    assert a == b
+
+
+@pytest.mark.parametrize("logger", ["csv", "none", "wandb"])
+def test_loggers(run_task, logger):
+    output_dir, _, _ = run_task([*TINY, f"logger={logger}", "trainer.max_steps=2"])
+    assert (output_dir / "results.json").is_file()
+    if logger == "csv":
+        metrics = (output_dir / "csv" / "version_0" / "metrics.csv").read_text()
+        assert "train/loss" in metrics and "val/dice" in metrics
+    if logger == "wandb":
+        runs = list((output_dir / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1
+
+
+def test_data_root_override_and_test_command(run_task, tmp_path):
+    """Train on a data.root of our own, then evaluate its checkpoint with `segssl test`."""
+    from segssl.data.synthetic import ensure_synthetic_dataset
+
+    root = tmp_path / "my_data"
+    ensure_synthetic_dataset(root, num_train_patients=3, num_val_patients=1, num_test_patients=1,
+                             image_size=32, slices_per_volume=3, seed=7)
+    output_dir, _, _ = run_task([*TINY, f"data.root={root}", "data.synthetic=null"])
+    results = read_results(output_dir)
+    assert results["config"]["data"]["root"] == str(root)
+    assert results["models"]["ensemble"]["num_cases"] == 2
+    test_dir, _, _ = run_task([f"ckpt_path={results['checkpoint']}", "split=val"], task="test",
+                              name="test_run")
+    tested = read_results(test_dir)
+    assert tested["split"] == "val" and tested["checkpoint"] == results["checkpoint"]
+    assert set(tested["models"]) == {"net1", "net2", "ensemble"}
+
+
+def test_cli_help_and_runs_from_any_directory(tmp_path):
+    help_text = subprocess.run(
+        [sys.executable, "-m", "segssl", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "train" in help_text and "test" in help_text
+    bad = subprocess.run([sys.executable, "-m", "segssl", "fly"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown command 'fly'" in bad.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "segssl", "train", *TINY, "trainer.max_steps=1",
+         "logger=none", "test=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "data" / "synthetic" / "train_slices.list").is_file()
+    runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / ".hydra" / "config.yaml").is_file()
