@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 from monai.data import DataLoader, Dataset
 from pytorch_lightning.utilities import CombinedLoader
@@ -56,6 +57,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         val_split: str = "val",
         test_split: str = "test",
         patch_size: Sequence[int] | None = None,
+        layout_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not 0 < labeled_batch_size <= batch_size:
@@ -70,6 +72,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
             )
         self.root = Path(root).expanduser()
         self.name, self.layout_name = name, layout
+        self.layout_options = dict(layout_options or {})
         self.num_classes, self.class_names = num_classes, list(class_names)
         self.labeled, self.image_size = labeled, image_size
         self.patch_size = list(patch_size) if patch_size is not None else None
@@ -94,7 +97,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
     @property
     def layout(self):
         if self._layout is None:
-            self._layout = make_layout(self.layout_name, self.root)
+            self._layout = make_layout(self.layout_name, self.root, **self.layout_options)
         return self._layout
 
     @property
@@ -124,7 +127,10 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
     def _load_training_items(self) -> dict[str, list[dict]]:
         """Read and check every training item up front: bad data fails before step one.""" ""
         self.layout.check_files("train")
-        labeled_ids, unlabeled_ids = split_labeled(self.layout.ids("train"), self.labeled)
+        if hasattr(self.layout, "split_labeled"):  # layouts with their own rule (case-wise)
+            labeled_ids, unlabeled_ids = self.layout.split_labeled(self.labeled)
+        else:
+            labeled_ids, unlabeled_ids = split_labeled(self.layout.ids("train"), self.labeled)
         if len(labeled_ids) < self.labeled_batch_size:
             raise DataError(
                 f"data.labeled={self.labeled} gives {len(labeled_ids)} labeled slices, fewer than "
@@ -138,6 +144,8 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
                     "no unlabeled data is left for a semi-supervised method"
                 )
             streams["unlabeled"] = self._read_training_items(unlabeled_ids, keep_label=False)
+        if self._cached_view_keys():
+            self._attach_view_cache([item for items in streams.values() for item in items])
         log.info(
             "Training data %s: %d labeled slices (%d patients), %d unlabeled slices",
             self.root,
@@ -153,11 +161,31 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
             s = self.layout.load(
                 "train", item_id, num_classes=self.num_classes, require_label=keep_label
             )
-            item = {"image": s.image, "case": item_id}
+            item = {"image": s.image[None], "case": item_id}
             if keep_label:
                 item["label"] = s.label
             samples.append(item)
         return samples
+
+    def _cached_view_keys(self) -> list[str]:
+        """Keys of the views pre-computed for training (``filter.cache=true``), else none."""
+        if self.views is None or not getattr(self.views, "cache", False):
+            return []
+        return list(self.views.cache_keys)
+
+    def _attach_view_cache(self, items: list[dict]) -> None:
+        """Filter every training image once (in parallel) and keep the views with the items."""
+        from segssl.data.view_cache import cache_key, load_or_build
+
+        files = [self.layout.path("train", item["case"]) for item in items]
+        key = cache_key({"views": self.views.cache_params(), "layout": self.layout_name}, files)
+        cache_dir = Path(self.views.cache_dir or self.root / ".segssl_cache")
+        workers = max(1, self.num_workers or (os.cpu_count() or 1))
+        raw = [{"case": item["case"], "image": item["image"][0]} for item in items]
+        views = load_or_build(cache_dir, key, raw, self.views.precompute, workers)
+        keys = self._cached_view_keys()
+        for item, arrays in zip(items, views, strict=True):
+            item["image"] = np.concatenate([item["image"], *(arrays[k][None] for k in keys)])
 
     def _load_volumes(self, split: str) -> None:
         if split in self._volumes:

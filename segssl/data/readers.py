@@ -13,9 +13,12 @@ naming the file and the problem.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -179,11 +182,24 @@ class SSL4MISLayout:
         return sample
 
 
-LAYOUTS: dict[str, type] = {"ssl4mis": SSL4MISLayout}
+# the other layouts build on this module, so they are named here and imported on use
+LAYOUTS: dict[str, type | str] = {
+    "ssl4mis": SSL4MISLayout,
+    "uamt": "segssl.data.layouts.uamt.UAMTLayout",
+    "folder": "segssl.data.layouts.folder.FolderLayout",
+}
 
 
-def make_layout(name: str, root: str | Path):
-    """The reader of a dataset layout by name (``data.layout``)."""
+def make_layout(name: str, root: str | Path, **options: Any):
+    """The reader of a dataset layout by name (``data.layout``) with its ``data.layout_options``."""
     if name not in LAYOUTS:
         raise DataError(f"data.layout={name!r} is unknown; expected one of {sorted(LAYOUTS)}")
-    return LAYOUTS[name](root)
+    layout = LAYOUTS[name]
+    if isinstance(layout, str):
+        module, _, cls = layout.rpartition(".")
+        layout = getattr(importlib.import_module(module), cls)
+    try:
+        inspect.signature(layout).bind(root, **options)
+    except TypeError as err:
+        raise DataError(f"data.layout_options={options} do not fit layout {name!r}: {err}") from err
+    return layout(root, **options)

@@ -1,0 +1,91 @@
+"""SSL4MIS's 2-D slice augmentation as one MONAI dictionary transform with a single resampling.
+
+MONAI's chain (``Resized`` then ``RandRotate90d``/``RandFlipd`` or ``RandRotated``) resamples
+each key two or three times and costs more per slice than the network step of a batch on a GPU.
+Here resize and rotation are one affine grid and one ``grid_sample`` for all image channels (raw
+image and any pre-computed filtered views, stacked) plus one for the label, and rot90/flip are
+exact index permutations. Sampling positions are those of ``F.interpolate`` with
+``align_corners=False`` (pixel centres), so without rotation the image equals MONAI's bilinear
+``Resized``; labels are sampled nearest-neighbour at the same positions as the image (round
+to the nearest pixel centre), which keeps them aligned with the image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.transforms import MapTransform, RandomizableTransform
+
+BRANCHES = ("rot_flip", "rotate", "identity")
+
+
+class RandSliceAugmentd(RandomizableTransform, MapTransform):
+    """Resize to ``image_size`` and, per sample, choose SSL4MIS's branch: a random rot90 with
+    random flips (weight 0.5), a random rotation in ``[-rotate_degrees, rotate_degrees]``
+    (0.25), or nothing (0.25)."""
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int],
+        image_key: Hashable = "image",
+        label_key: Hashable = "label",
+        rotate_degrees: float = 20.0,
+        weights: Sequence[float] = (0.5, 0.25, 0.25),
+        augment: bool = True,
+    ) -> None:
+        MapTransform.__init__(self, [image_key, label_key], allow_missing_keys=True)
+        RandomizableTransform.__init__(self, prob=1.0)
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.size = tuple(int(s) for s in size)
+        self.image_key, self.label_key = image_key, label_key
+        self.rotate_degrees, self.augment = rotate_degrees, augment
+        total = float(sum(weights))
+        self.weights = [w / total for w in weights]
+
+    def randomize(self, data: object = None) -> None:
+        self.branch = BRANCHES[self.R.choice(3, p=self.weights)] if self.augment else "identity"
+        self.k = int(self.R.randint(4))
+        self.flips = [bool(self.R.rand() < 0.5), bool(self.R.rand() < 0.5)]
+        angle = self.R.uniform(-self.rotate_degrees, self.rotate_degrees)
+        self.angle = math.radians(angle)
+
+    def _grid(self, in_shape: Sequence[int]) -> torch.Tensor:
+        """Sampling grid of the output in the input's normalised coordinates."""
+        theta = torch.eye(2, 3, dtype=torch.float32)
+        if self.branch == "rotate":
+            c, s = math.cos(self.angle), math.sin(self.angle)
+            theta[:, :2] = torch.tensor([[c, -s], [s, c]], dtype=torch.float32)
+        return F.affine_grid(theta[None], [1, 1, *self.size], align_corners=False)
+
+    def __call__(self, data: dict) -> dict:
+        self.randomize()
+        out = dict(data)
+        image = torch.as_tensor(out[self.image_key], dtype=torch.float32)
+        grid = self._grid(image.shape[-2:]) if self.branch == "rotate" else None
+        out[self.image_key] = self._finish(self._sample(image, grid, "bilinear"))
+        if self.label_key in out:
+            label = torch.as_tensor(out[self.label_key])
+            label = label[None] if label.ndim == 2 else label
+            sampled = self._sample(label.float(), grid, "nearest")
+            out[self.label_key] = self._finish(sampled).round().long()
+        return out
+
+    def _sample(self, x: torch.Tensor, grid: torch.Tensor | None, mode: str) -> torch.Tensor:
+        if grid is None and tuple(x.shape[-2:]) == self.size:
+            return x
+        if grid is None:
+            grid = self._grid(x.shape[-2:])
+            if mode == "bilinear":
+                resized = F.interpolate(x[None], size=self.size, mode=mode, align_corners=False)
+                return resized[0]
+        return F.grid_sample(x[None], grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        if self.branch != "rot_flip":
+            return x.contiguous()
+        x = torch.rot90(x, self.k, dims=(-2, -1))
+        dims = [d for d, flip in zip((-2, -1), self.flips, strict=True) if flip]
+        return (torch.flip(x, dims) if dims else x).contiguous()

@@ -1,0 +1,357 @@
+"""Convert the official ACDC download (NIfTI) into the SSL4MIS h5 layout that segssl reads.
+
+Why: the benchmark numbers of SSL4MIS-style papers depend on its exact preprocessing and split;
+this rebuilds both from the public ACDC zip so results are comparable, without a third-party
+mirror of the h5 files.
+
+Input ``raw_dir``: ``patientXXX`` folders found at any depth (the official zip nests them under
+``training/`` and ``testing/``), each holding ``Info.cfg`` (``ED: 1``, ``ES: 12``, ...),
+``patientXXX_frameNN.nii.gz`` and ``patientXXX_frameNN_gt.nii.gz`` for the ED and ES frames.
+
+Output ``out_dir`` (the layout of :mod:`segssl.data.readers`)::
+
+    data/<volume_id>.h5                   image (D, H, W) float32 in [0, 1], label uint8,
+                                          attrs: spacing (z, y, x) mm, source_frame, phase
+    data/slices/<volume_id>_slice_<K>.h5  training slices, K = 1..D, slice_K = volume[K - 1]
+    train_slices.list / train.list        standard training patients, SSL4MIS patient order
+    val.list / test.list                  standard validation / test patients
+    all_slices.list                       slice ids of every train/val/test volume, sorted
+    extra.list                            volumes of patients outside the standard split
+
+Conventions (chosen to equal the SSL4MIS h5 files):
+
+* Axis order: a NIfTI voxel array is (x, y, z); volumes are stored (z, y, x) =
+  ``np.transpose(array, (2, 1, 0))``, which is what SimpleITK's ``GetArrayFromImage`` returned
+  in SSL4MIS. So ``volume[k]`` is NIfTI slice k, rows run along NIfTI y, columns along x, and
+  ``spacing`` is the NIfTI zooms reversed.
+* Frame names: SSL4MIS renamed the two labelled frames, ED -> ``frame01``, ES -> ``frame02``
+  (every shared volume pair has the larger LV in ``frame01``). The official frame number is
+  kept in the ``source_frame`` attribute.
+* Intensities: min-max normalised per volume, computed in float64, stored as float32.
+* Empty lists are not written (a partial download gives partial splits).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+
+from segssl.data.readers import DataError
+
+NUM_CLASSES = 4
+PHASE_FRAME_IDS = {"ED": "frame01", "ES": "frame02"}
+
+# The SSL4MIS ACDC split, by patient number. Training patients are in order of first appearance
+# in its train_slices.list (so "first N labeled patients" matches: 3 -> 68 slices, 7 -> 136);
+# validation patients in val.list order; test patients are the rest of 1..100, ascending.
+TRAIN_PATIENTS: tuple[int, ...] = (
+    99, 38, 50, 100, 58, 21, 49, 20, 72, 40, 60, 89, 4, 56, 98, 96, 31, 18, 94, 47,
+    48, 55, 97, 74, 43, 41, 63, 37, 95, 54, 26, 88, 32, 69, 6, 71, 12, 73, 61, 17,
+    25, 10, 57, 29, 51, 5, 36, 46, 62, 34, 76, 92, 70, 77, 67, 3, 91, 16, 14, 44,
+    42, 90, 53, 27, 35, 86, 23, 9, 79, 15,
+)  # fmt: skip
+VAL_PATIENTS: tuple[int, ...] = (28, 85, 82, 87, 19, 30, 78, 45, 2, 39)
+TEST_PATIENTS: tuple[int, ...] = (
+    1, 7, 8, 11, 13, 22, 24, 33, 52, 59, 64, 65, 66, 68, 75, 80, 81, 83, 84, 93,
+)  # fmt: skip
+STANDARD_SPLIT: dict[str, tuple[int, ...]] = {
+    "train": TRAIN_PATIENTS,
+    "val": VAL_PATIENTS,
+    "test": TEST_PATIENTS,
+}
+LIST_NAMES = (
+    "train_slices.list",
+    "train.list",
+    "val.list",
+    "test.list",
+    "all_slices.list",
+    "extra.list",
+)
+_PATIENT_DIR = re.compile(r"^patient(\d{3})$")
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Volume:
+    """One converted frame, slices first, ready to write."""
+
+    case: str
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, float, float]
+    source_frame: int
+    phase: str
+
+
+def patient_name(number: int) -> str:
+    """``patient007`` from 7, the ACDC folder and file prefix."""
+    return f"patient{number:03d}"
+
+
+def split_of(number: int) -> str:
+    """Standard split of a patient: train, val, test, or extra when outside the benchmark."""
+    for split, patients in STANDARD_SPLIT.items():
+        if number in patients:
+            return split
+    return "extra"
+
+
+def find_patient_dirs(raw_dir: Path) -> dict[int, Path]:
+    """Patient folders anywhere under ``raw_dir``, by number; a duplicate patient is an error."""
+    if not raw_dir.is_dir():
+        raise DataError(f"raw ACDC folder not found: {raw_dir}")
+    found: dict[int, Path] = {}
+    for path in sorted(raw_dir.rglob("patient*")):
+        match = _PATIENT_DIR.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        number = int(match.group(1))
+        if number in found:
+            raise DataError(f"patient {path.name} found twice: {found[number]} and {path}")
+        found[number] = path
+    if not found:
+        raise DataError(f"{raw_dir}: no patientXXX folders found (expected the ACDC download)")
+    return dict(sorted(found.items()))
+
+
+def read_info(path: Path) -> dict[str, str]:
+    """``key: value`` pairs of an ACDC ``Info.cfg``."""
+    if not path.is_file():
+        raise DataError(f"missing {path} (each ACDC patient folder needs its Info.cfg)")
+    info: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            info[key.strip()] = value.strip()
+    return info
+
+
+def phase_frames(info_path: Path) -> dict[str, int]:
+    """Frame numbers of the ED and ES phases, from ``Info.cfg``."""
+    info = read_info(info_path)
+    frames: dict[str, int] = {}
+    for phase in PHASE_FRAME_IDS:
+        value = info.get(phase)
+        if value is None or not value.isdigit():
+            raise DataError(
+                f"{info_path}: expected a line '{phase}: <frame number>', got {value!r}"
+            )
+        frames[phase] = int(value)
+    return frames
+
+
+def slices_first(array: np.ndarray) -> np.ndarray:
+    """NIfTI (x, y, z) -> (z, y, x), the SimpleITK/SSL4MIS array order."""
+    return np.ascontiguousarray(np.transpose(array, (2, 1, 0)))
+
+
+def load_nifti(path: Path) -> nib.Nifti1Image:
+    """Open a NIfTI file, naming it if it is absent."""
+    if not path.is_file():
+        raise DataError(f"missing frame file {path} (named by ED/ES in Info.cfg)")
+    return nib.load(path)
+
+
+def voxel_array(image: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """The scaled voxel data as a 3-D (x, y, z) array; a trailing singleton axis is dropped."""
+    data = np.asanyarray(image.dataobj)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{path}: expected a 3-D (x, y, z) image, got shape {data.shape}")
+    return data
+
+
+def normalise(image: np.ndarray, path: Path) -> np.ndarray:
+    """Per-volume min-max scaling to [0, 1] as SSL4MIS does; a constant volume is an error."""
+    values = image.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if not np.isfinite([low, high]).all() or high <= low:
+        raise DataError(f"{path}: cannot min-max normalise (min {low}, max {high})")
+    return ((values - low) / (high - low)).astype(np.float32)
+
+
+def check_label(label: np.ndarray, path: Path) -> np.ndarray:
+    """Integer classes 0..3 as uint8; anything else is an error naming the file."""
+    if not np.issubdtype(label.dtype, np.integer) and not np.array_equal(label, np.round(label)):
+        raise DataError(f"{path}: label values must be whole numbers 0..{NUM_CLASSES - 1}")
+    values = np.unique(label)
+    bad = values[(values < 0) | (values >= NUM_CLASSES)]
+    if bad.size:
+        raise DataError(
+            f"{path}: labels outside 0..{NUM_CLASSES - 1}: {bad[:10].tolist()} "
+            "(expected 0 background, 1 RV, 2 myocardium, 3 LV)"
+        )
+    return label.astype(np.uint8)
+
+
+def load_frame(patient_dir: Path, phase: str, frame: int) -> Volume:
+    """Read one ED/ES frame and its ground truth, checked and put in the stored axis order."""
+    prefix = f"{patient_dir.name}_frame{frame:02d}"
+    image_path = patient_dir / f"{prefix}.nii.gz"
+    label_path = patient_dir / f"{prefix}_gt.nii.gz"
+    image_nii, label_nii = load_nifti(image_path), load_nifti(label_path)
+    image = voxel_array(image_nii, image_path)
+    label = voxel_array(label_nii, label_path)
+    if image.shape != label.shape:
+        raise DataError(
+            f"{label_path}: shape {label.shape} != image shape {image.shape} of {image_path.name}"
+        )
+    zooms = tuple(float(z) for z in image_nii.header.get_zooms()[:3])
+    return Volume(
+        case=f"{patient_dir.name}_{PHASE_FRAME_IDS[phase]}",
+        image=slices_first(normalise(image, image_path)),
+        label=slices_first(check_label(label, label_path)),
+        spacing=(zooms[2], zooms[1], zooms[0]),
+        source_frame=frame,
+        phase=phase,
+    )
+
+
+def write_h5(path: Path, image: np.ndarray, label: np.ndarray, **attrs: object) -> None:
+    """One gzip-compressed case file (``image``, ``label``) with optional attributes."""
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("image", data=image, compression="gzip")
+        handle.create_dataset("label", data=label, compression="gzip")
+        for key, value in attrs.items():
+            handle.attrs[key] = value
+
+
+def write_volume(data_dir: Path, volume: Volume) -> None:
+    """``data/<case>.h5`` with the spacing (z, y, x) and where the frame came from."""
+    write_h5(
+        data_dir / f"{volume.case}.h5",
+        volume.image,
+        volume.label,
+        spacing=np.asarray(volume.spacing, dtype=np.float64),
+        source_frame=volume.source_frame,
+        phase=volume.phase,
+    )
+
+
+def slice_ids(case: str, depth: int) -> list[str]:
+    """SSL4MIS slice ids of a volume, 1-based."""
+    return [f"{case}_slice_{k}" for k in range(1, depth + 1)]
+
+
+def write_slices(slice_dir: Path, volume: Volume) -> None:
+    """``data/slices/<case>_slice_<K>.h5`` with slice_K = volume[K - 1], as SSL4MIS."""
+    depth = volume.image.shape[0]
+    for index, slice_id in enumerate(slice_ids(volume.case, depth)):
+        write_h5(slice_dir / f"{slice_id}.h5", volume.image[index], volume.label[index])
+
+
+def build_lists(depths: dict[str, int], patients: list[int]) -> dict[str, list[str]]:
+    """Content of every non-empty split list, from the depth of each written volume."""
+
+    def volumes(numbers: list[int] | tuple[int, ...]) -> list[str]:
+        present = [n for n in numbers if n in patients]
+        return [f"{patient_name(n)}_{f}" for n in present for f in PHASE_FRAME_IDS.values()]
+
+    train = volumes(TRAIN_PATIENTS)
+    val, test = volumes(VAL_PATIENTS), volumes(TEST_PATIENTS)
+    extra = volumes(sorted(n for n in patients if split_of(n) == "extra"))
+    lists = {
+        "train_slices.list": [s for v in train for s in slice_ids(v, depths[v])],
+        "train.list": train,
+        "val.list": val,
+        "test.list": test,
+        "all_slices.list": sorted(s for v in train + val + test for s in slice_ids(v, depths[v])),
+        "extra.list": extra,
+    }
+    return {name: ids for name, ids in lists.items() if ids}
+
+
+def check_target(out_dir: Path, raw_dir: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out_dir`` unless ``overwrite``, and never one that is not ours."""
+    out, raw = out_dir.resolve(), raw_dir.resolve()
+    if out == raw or out in raw.parents:
+        raise DataError(f"output folder {out_dir} must not contain the raw data folder {raw_dir}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"output path {out_dir} exists and is not a folder")
+    entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if not entries:
+        return
+    if not overwrite:
+        raise DataError(f"output folder {out_dir} is not empty; pass --overwrite to replace it")
+    foreign = [name for name in entries if name != "data" and name not in LIST_NAMES]
+    if foreign:
+        raise DataError(
+            f"refusing to overwrite {out_dir}: it holds {foreign[:5]}, which this converter "
+            "does not write (expected only data/ and *.list); remove it yourself"
+        )
+
+
+@contextmanager
+def staged_folder(out_dir: Path) -> Iterator[Path]:
+    """A temp folder beside ``out_dir`` that replaces it only if the block succeeds."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    staging = out_dir.parent / f".{out_dir.name}.partial-{tag}"
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = out_dir.parent / f".{out_dir.name}.old-{tag}"
+    if out_dir.exists():
+        out_dir.rename(old)
+    os.replace(staging, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def convert_patient(patient_dir: Path, data_dir: Path, with_slices: bool) -> dict[str, int]:
+    """Write both frames of one patient; returns the depth of each volume written."""
+    frames = phase_frames(patient_dir / "Info.cfg")
+    depths: dict[str, int] = {}
+    for phase, frame in frames.items():
+        volume = load_frame(patient_dir, phase, frame)
+        write_volume(data_dir, volume)
+        if with_slices:
+            write_slices(data_dir / "slices", volume)
+        depths[volume.case] = volume.image.shape[0]
+    return depths
+
+
+def prepare_acdc(
+    raw_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    overwrite: bool = False,
+    all_slices: bool = False,
+    log: Log | None = None,
+) -> dict[str, int]:
+    """Convert ``raw_dir`` into ``out_dir``; returns the number of ids in each list written.
+
+    Slice files are written for the training patients (what SSL4MIS training reads), or for
+    every volume with ``all_slices``. Nothing appears at ``out_dir`` unless all succeeds.
+    """
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    check_target(out_dir, raw_dir, overwrite)
+    patient_dirs = find_patient_dirs(raw_dir)
+    depths: dict[str, int] = {}
+    with staged_folder(out_dir) as staging:
+        data_dir = staging / "data"
+        (data_dir / "slices").mkdir(parents=True)
+        for number, patient_dir in patient_dirs.items():
+            split = split_of(number)
+            if log:
+                log(f"{patient_dir.name} ({split}) <- {patient_dir}")
+            with_slices = all_slices or split == "train"
+            depths.update(convert_patient(patient_dir, data_dir, with_slices))
+        lists = build_lists(depths, list(patient_dirs))
+        for name, ids in lists.items():
+            (staging / name).write_text("".join(f"{i}\n" for i in ids))
+    return {name: len(ids) for name, ids in lists.items()}

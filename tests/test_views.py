@@ -1,0 +1,138 @@
+"""Two-view makers, the fast slice augmentation and the pre-computed view cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Resized
+
+from segssl.data.augment import RandSliceAugmentd
+from segssl.data.transforms import slice_train_transforms
+from segssl.data.views import TwoViews, dsaif_views
+from segssl.filters import tree_filter
+
+
+def phantom(shape=(40, 36), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = np.zeros(shape, np.float32)
+    for _ in range(5):
+        cy, cx, r = rng.uniform(5, shape[0] - 5), rng.uniform(5, shape[1] - 5), rng.uniform(2, 7)
+        image += rng.uniform(0.2, 1) * ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2)
+    return image + 0.05 * rng.random(shape, dtype=np.float32)
+
+
+def test_dsaif_views_give_one_max_and_one_min_view():
+    image = phantom()
+    views = dsaif_views(p=1.0, gamma_p=0.0, area_threshold=5)
+    expected = {tree_filter(image, t, 5).tobytes() for t in ("max", "min")}
+    seen_swaps = set()
+    for seed in range(8):
+        views.set_random_state(seed)
+        out = views({"image": image[None]})
+        got = {out["image_1"][0].numpy().tobytes(), out["image_2"][0].numpy().tobytes()}
+        assert got == expected
+        seen_swaps.add(out["image_1"][0].numpy().tobytes())
+    assert len(seen_swaps) == 2  # which network gets which view is random
+
+
+def test_p_zero_and_identity_views_leave_the_image():
+    image = phantom()
+    out = TwoViews(p=0.0)({"image": image[None]})
+    assert torch.equal(out["image_1"], out["image_2"])
+    assert np.array_equal(out["image_1"][0].numpy(), image)
+
+
+def test_gamma_is_applied_per_view_within_the_range():
+    image = phantom()
+    views = TwoViews(p=0.0, gamma_p=1.0, gamma_range=(0.5, 1.5))
+    views.set_random_state(1)
+    out = views({"image": image[None]})
+    assert not torch.equal(out["image_1"], out["image_2"])
+    for view in (out["image_1"], out["image_2"]):  # same range, same order of pixel values
+        assert view.min() == pytest.approx(image.min()) and view.max() == pytest.approx(image.max())
+        order = np.argsort(image.ravel(), kind="stable")
+        assert np.all(np.diff(view.numpy().ravel()[order]) >= -1e-6)
+
+
+def test_cached_views_equal_on_the_fly_views_without_resampling():
+    """With nothing that fails to commute (no resize, rot90/flip only), the cache is exact."""
+    image = phantom((32, 32))
+    fly = dsaif_views(p=1.0, gamma_p=0.0, area_threshold=5)
+    cached = dsaif_views(p=1.0, gamma_p=0.0, area_threshold=5, cache=True)
+    stack = np.concatenate(
+        [image[None]] + [cached.precompute(image)[k][None] for k in cached.cache_keys]
+    )
+    augment = RandSliceAugmentd(32, weights=(1.0, 0.0, 0.0))  # always rot90 + flips
+    for seed in range(6):
+        for transform in (augment, fly, cached):
+            transform.set_random_state(seed)
+        a = fly(augment({"image": torch.as_tensor(image[None])}))
+        augment.set_random_state(seed)
+        b = cached(augment({"image": torch.as_tensor(stack)}))
+        assert torch.equal(a["image_1"], b["image_1"]) and torch.equal(a["image_2"], b["image_2"])
+        assert b["image"].shape == (1, 32, 32)
+
+
+def test_slice_augment_matches_monai_resize_and_keeps_labels_aligned():
+    image = phantom((50, 44))
+    label = (image > 0.5).astype(np.uint8)
+    augment = RandSliceAugmentd(32, augment=False)
+    out = augment({"image": torch.as_tensor(image[None]), "label": torch.as_tensor(label[None])})
+    reference = Resized("image", spatial_size=(32, 32), mode="bilinear")({"image": image[None]})
+    assert torch.allclose(out["image"], torch.as_tensor(reference["image"]), atol=1e-6)
+    assert out["label"].dtype == torch.long and set(out["label"].unique().tolist()) <= {0, 1}
+    # rotations: label and image move together (the label is the thresholded image, rotated)
+    rotate = RandSliceAugmentd(32, weights=(0.0, 1.0, 0.0), rotate_degrees=20)
+    rotate.set_random_state(3)
+    square = np.kron(label[:32, :32], np.ones((1, 1), np.uint8))
+    pair = rotate(
+        {"image": torch.as_tensor(square[None].astype(np.float32)),
+         "label": torch.as_tensor(square[None])}
+    )
+    assert abs(rotate.angle) > 0
+    assert torch.equal((pair["image"] > 0.5).long(), pair["label"])
+
+
+def test_slice_train_transforms_output_contract():
+    transform = slice_train_transforms(24, views=dsaif_views(area_threshold=3))
+    image, label = phantom((30, 20)), np.zeros((30, 20), np.uint8)
+    labeled = transform({"image": image[None], "label": label, "case": "c"})
+    assert labeled["label"].shape == (1, 24, 24) and labeled["label"].dtype == torch.long
+    assert labeled["image_1"].shape == labeled["image_2"].shape == (1, 24, 24)
+    unlabeled = transform({"image": image[None], "case": "u"})
+    assert "label" not in unlabeled and unlabeled["image_1"].dtype == torch.float32
+
+
+def test_view_cache_is_built_once_and_keyed_by_filter_parameters(tmp_path):
+    from segssl.data.datamodule import SemiSupervisedDataModule
+    from segssl.data.synthetic import ensure_synthetic_dataset
+
+    root = ensure_synthetic_dataset(tmp_path / "data", num_train_patients=3, num_val_patients=1,
+                                    num_test_patients=1, image_size=32, slices_per_volume=2)
+    cache_dir = tmp_path / "cache"
+
+    def datamodule(area_threshold: int) -> SemiSupervisedDataModule:
+        views = dsaif_views(area_threshold=area_threshold, cache=True, cache_dir=str(cache_dir))
+        dm = SemiSupervisedDataModule(root, 4, ["RV", "Myo", "LV"], labeled=1, image_size=32,
+                                      batch_size=4, labeled_batch_size=2, views=views,
+                                      num_workers=0)
+        dm.setup("fit")
+        return dm
+
+    dm = datamodule(5)
+    files = list(cache_dir.glob("*.h5"))
+    assert len(files) == 1
+    item = dm._train["labeled"][0]
+    assert item["image"].shape == (3, 32, 32)
+    assert np.array_equal(item["image"][1], tree_filter(item["image"][0], "max", 5))
+    assert np.array_equal(item["image"][2], tree_filter(item["image"][0], "min", 5))
+    mtime = files[0].stat().st_mtime_ns
+    datamodule(5)
+    assert files[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
+    datamodule(7)
+    assert len(list(cache_dir.glob("*.h5"))) == 2  # other parameters, other cache
+    batch = next(iter(dm.train_dataloader()))[0]
+    assert batch["labeled"]["image"].shape == (2, 1, 32, 32)
+    assert batch["unlabeled"]["image_2"].shape == (2, 1, 32, 32)
