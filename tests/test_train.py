@@ -48,6 +48,7 @@ def test_each_method_trains_and_writes_results(run_task, method, models, network
     )
     assert checkpoint["global_step"] == 2  # best on validation at step 2, not the last step
     assert (output_dir / "per_case.csv").read_text().count("\n") == 1 + 4 * 3 * len(models)
+    assert (output_dir / "training_views.png").stat().st_size > 1000  # first validation
 
 
 def test_method_chooses_views_and_command_line_can_override(run_task):

@@ -95,6 +95,24 @@ def test_slice_augment_matches_monai_resize_and_keeps_labels_aligned():
     assert torch.equal((pair["image"] > 0.5).long(), pair["label"])
 
 
+def test_slice_augment_rotation_and_rot90_match_monai():
+    from monai.transforms import Rotate
+
+    image = phantom((32, 32))[None]
+    rotate = RandSliceAugmentd(32, weights=(0.0, 1.0, 0.0))
+    rotate.set_random_state(5)
+    ours = rotate({"image": image})["image"]
+    reference = Rotate(angle=rotate.angle, mode="bilinear", padding_mode="zeros")(image)
+    assert torch.allclose(ours, torch.as_tensor(reference), atol=1e-5)
+    rot_flip = RandSliceAugmentd(32, weights=(1.0, 0.0, 0.0))
+    rot_flip.set_random_state(2)
+    ours = rot_flip({"image": image})["image"].numpy()
+    expected = np.rot90(image, rot_flip.k, axes=(-2, -1))
+    for axis, flip in zip((-2, -1), rot_flip.flips, strict=True):
+        expected = np.flip(expected, axis) if flip else expected
+    assert np.array_equal(ours, expected)
+
+
 def test_slice_train_transforms_output_contract():
     transform = slice_train_transforms(24, views=dsaif_views(area_threshold=3))
     image, label = phantom((30, 20)), np.zeros((30, 20), np.uint8)

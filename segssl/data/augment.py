@@ -14,12 +14,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform, RandomizableTransform
 
 BRANCHES = ("rot_flip", "rotate", "identity")
+
+
+@lru_cache(maxsize=16)
+def identity_grid(size: tuple[int, int]) -> torch.Tensor:
+    """Pixel centres of a ``size`` output in normalised coordinates (built once per size)."""
+    theta = torch.eye(2, 3, dtype=torch.float32)[None]
+    return F.affine_grid(theta, [1, 1, *size], align_corners=False)
 
 
 class RandSliceAugmentd(RandomizableTransform, MapTransform):
@@ -52,19 +60,21 @@ class RandSliceAugmentd(RandomizableTransform, MapTransform):
         angle = self.R.uniform(-self.rotate_degrees, self.rotate_degrees)
         self.angle = math.radians(angle)
 
-    def _grid(self, in_shape: Sequence[int]) -> torch.Tensor:
-        """Sampling grid of the output in the input's normalised coordinates."""
-        theta = torch.eye(2, 3, dtype=torch.float32)
-        if self.branch == "rotate":
-            c, s = math.cos(self.angle), math.sin(self.angle)
-            theta[:, :2] = torch.tensor([[c, -s], [s, c]], dtype=torch.float32)
-        return F.affine_grid(theta[None], [1, 1, *self.size], align_corners=False)
+    def _grid(self) -> torch.Tensor:
+        """Sampling grid of the output in the input's normalised coordinates (rotated about
+        the centre in the rotate branch)."""
+        grid = identity_grid(self.size)
+        if self.branch != "rotate":
+            return grid
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        rotation = torch.tensor([[c, -s], [s, c]], dtype=torch.float32)  # as MONAI Rotate
+        return grid @ rotation
 
     def __call__(self, data: dict) -> dict:
         self.randomize()
         out = dict(data)
         image = torch.as_tensor(out[self.image_key], dtype=torch.float32)
-        grid = self._grid(image.shape[-2:]) if self.branch == "rotate" else None
+        grid = self._grid()
         out[self.image_key] = self._finish(self._sample(image, grid, "bilinear"))
         if self.label_key in out:
             label = torch.as_tensor(out[self.label_key])
@@ -73,15 +83,13 @@ class RandSliceAugmentd(RandomizableTransform, MapTransform):
             out[self.label_key] = self._finish(sampled).round().long()
         return out
 
-    def _sample(self, x: torch.Tensor, grid: torch.Tensor | None, mode: str) -> torch.Tensor:
-        if grid is None and tuple(x.shape[-2:]) == self.size:
+    def _sample(self, x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+        """One resampling: without rotation, border clamping reproduces ``F.interpolate``
+        exactly; with it, outside the image is zero as in MONAI's ``RandRotated``."""
+        if self.branch != "rotate" and tuple(x.shape[-2:]) == self.size:
             return x
-        if grid is None:
-            grid = self._grid(x.shape[-2:])
-            if mode == "bilinear":
-                resized = F.interpolate(x[None], size=self.size, mode=mode, align_corners=False)
-                return resized[0]
-        return F.grid_sample(x[None], grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+        padding = "zeros" if self.branch == "rotate" else "border"
+        return F.grid_sample(x[None], grid, mode=mode, padding_mode=padding, align_corners=False)[0]
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         if self.branch != "rot_flip":
