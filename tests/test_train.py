@@ -27,6 +27,7 @@ def read_results(output_dir: Path) -> dict:
         ("supervised", {"net"}, {"net"}),
         ("cps", {"net1", "net2", "ensemble"}, {"net1", "net2"}),
         ("dsaif", {"net1", "net2", "ensemble"}, {"net1", "net2"}),
+        ("mean_teacher", {"student", "teacher"}, {"student", "teacher"}),
     ],
 )
 def test_each_method_trains_and_writes_results(run_task, method, models, networks):
@@ -51,6 +52,60 @@ def test_each_method_trains_and_writes_results(run_task, method, models, network
     assert (output_dir / "training_views.png").stat().st_size > 1000  # first validation
 
 
+@pytest.mark.parametrize("ablation", ["max_only", "min_only", "blur", "noise", "none"])
+def test_filter_ablations_train(run_task, ablation):
+    from hydra.utils import instantiate
+
+    output_dir, _, cfg = run_task(
+        [*TINY, "method=dsaif", f"filter={ablation}", "filter.p=1.0", "trainer.max_steps=2"]
+    )
+    assert read_results(output_dir)["config"]["filter"]["p"] == 1.0
+    views = instantiate(cfg.filter)
+    out = views({"image": torch.rand(1, 16, 16)})
+    kinds = {type(views.view_a).__name__, type(views.view_b).__name__}
+    expected = {
+        "max_only": {"TreeFilter", "function"},
+        "min_only": {"TreeFilter", "function"},
+        "blur": {"GaussianBlur"},
+        "noise": {"GaussianNoise"},
+        "none": {"function"},
+    }[ablation]
+    assert kinds == expected
+    assert out["image_1"].shape == out["image_2"].shape == (1, 16, 16)
+    if ablation != "none":
+        assert not torch.equal(out["image_1"], out["image_2"])
+
+
+def test_mean_teacher_teacher_is_an_ema_of_the_student(run_task):
+    from segssl.methods import MeanTeacher
+
+    output_dir, _, _ = run_task([*TINY, "method=mean_teacher", "trainer.max_steps=3"])
+    checkpoint = read_results(output_dir)["checkpoint"]
+    method = MeanTeacher.load_from_checkpoint(checkpoint, map_location="cpu")
+    student, teacher = method.networks["student"], method.networks["teacher"]
+    assert all(not p.requires_grad for p in teacher.parameters())
+    differs = [
+        not torch.equal(s, t)
+        for s, t in zip(student.parameters(), teacher.parameters(), strict=True)
+    ]
+    assert any(differs)  # the teacher lags behind the student
+
+
+def test_heterogeneous_pair(run_task):
+    from monai.networks.nets import AttentionUnet, BasicUNet
+
+    from segssl.methods import CrossPseudoSupervision
+
+    output_dir, _, _ = run_task(
+        [*TINY, "method=dsaif", "+model@method.model_2=attention_unet2d", "trainer.max_steps=2"]
+    )
+    results = read_results(output_dir)
+    method = CrossPseudoSupervision.load_from_checkpoint(results["checkpoint"], map_location="cpu")
+    assert isinstance(method.networks["net1"], BasicUNet)
+    assert isinstance(method.networks["net2"], AttentionUnet)
+    assert set(results["models"]) == {"net1", "net2", "ensemble"}
+
+
 def test_method_chooses_views_and_command_line_can_override(run_task):
     from hydra.utils import instantiate
 
@@ -58,8 +113,17 @@ def test_method_chooses_views_and_command_line_can_override(run_task):
 
     _, _, cfg = run_task([*TINY, "method=cps", "trainer.max_steps=0", "test=false"])
     assert cfg.filter._target_ == "segssl.data.views.TwoViews" and cfg.filter.p == 0.0
-    _, _, cfg = run_task([*TINY, "method=dsaif", "filter.p=0.25", "filter.area_threshold=7",
-                          "trainer.max_steps=0", "test=false"], name="b")
+    _, _, cfg = run_task(
+        [
+            *TINY,
+            "method=dsaif",
+            "filter.p=0.25",
+            "filter.area_threshold=7",
+            "trainer.max_steps=0",
+            "test=false",
+        ],
+        name="b",
+    )
     views = instantiate(cfg.filter)
     assert isinstance(views, TwoViews) and views.p == 0.25
     assert views.view_a.area_threshold == 7 and {views.view_a.tree, views.view_b.tree} == {
@@ -82,8 +146,16 @@ def test_supervised_sees_only_labeled_data(run_task):
 def test_labeled_count_image_size_and_seed(run_task):
     from segssl.train import build_data_and_method
 
-    _, _, cfg = run_task([*TINY, "data.labeled=2", "data.image_size=16", "seed=3",
-                          "trainer.max_steps=0", "test=false"])
+    _, _, cfg = run_task(
+        [
+            *TINY,
+            "data.labeled=2",
+            "data.image_size=16",
+            "seed=3",
+            "trainer.max_steps=0",
+            "test=false",
+        ]
+    )
     datamodule, _ = build_data_and_method(cfg)
     labeled = {s["case"].split("_")[0] for s in datamodule._train["labeled"]}
     unlabeled = {s["case"].split("_")[0] for s in datamodule._train["unlabeled"]}
@@ -118,14 +190,22 @@ def test_data_root_override_and_test_command(run_task, tmp_path):
     from segssl.data.synthetic import ensure_synthetic_dataset
 
     root = tmp_path / "my_data"
-    ensure_synthetic_dataset(root, num_train_patients=3, num_val_patients=1, num_test_patients=1,
-                             image_size=32, slices_per_volume=3, seed=7)
+    ensure_synthetic_dataset(
+        root,
+        num_train_patients=3,
+        num_val_patients=1,
+        num_test_patients=1,
+        image_size=32,
+        slices_per_volume=3,
+        seed=7,
+    )
     output_dir, _, _ = run_task([*TINY, f"data.root={root}", "data.synthetic=null"])
     results = read_results(output_dir)
     assert results["config"]["data"]["root"] == str(root)
     assert results["models"]["ensemble"]["num_cases"] == 2
-    test_dir, _, _ = run_task([f"ckpt_path={results['checkpoint']}", "split=val"], task="test",
-                              name="test_run")
+    test_dir, _, _ = run_task(
+        [f"ckpt_path={results['checkpoint']}", "split=val"], task="test", name="test_run"
+    )
     tested = read_results(test_dir)
     assert tested["split"] == "val" and tested["checkpoint"] == results["checkpoint"]
     assert set(tested["models"]) == {"net1", "net2", "ensemble"}
@@ -139,9 +219,20 @@ def test_cli_help_and_runs_from_any_directory(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "segssl", "fly"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown command 'fly'" in bad.stderr
     run = subprocess.run(
-        [sys.executable, "-m", "segssl", "train", *TINY, "trainer.max_steps=1",
-         "logger=none", "test=false"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "segssl",
+            "train",
+            *TINY,
+            "trainer.max_steps=1",
+            "logger=none",
+            "test=false",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "data" / "synthetic" / "train_slices.list").is_file()
