@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a method, then test its best checkpoint (results.json)"),
     "test": ("test", "evaluate a checkpoint: ckpt_path=PATH [split=val|test] [data_root=PATH]"),
+    "predict": ("predict", "label masks: ckpt_path=PATH input=PATH output=DIR [model_name=NAME]"),
+    "report": ("", "mean +- std over seeds of run folders: report PATH... [--out DIR]"),
     "filter": ("", "write a DSAIF filter panel PNG: filter INPUT --out FILE.png"),
 }
 
@@ -30,15 +33,25 @@ def usage() -> str:
     return USAGE.format(commands="\n".join(lines))
 
 
-def hydra_command(config_name: str, task: Callable) -> Callable[[], None]:
+def hydra_command(config_name: str, task: Callable) -> Callable[[], Any]:
     """Wrap a task function ``task(cfg)`` as a Hydra app reading the packaged configs."""
     import hydra
 
     from segssl.config import config_dir
 
     @hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
-    def app(cfg) -> None:
-        task(cfg)
+    def app(cfg) -> Any:
+        result = task(cfg)
+        metric = cfg.get("optimized_metric")
+        if not metric:
+            return result
+        # a sweeper (e.g. Optuna) optimises this number
+        logged = (result or {}).get("metrics", {})
+        if metric not in logged:
+            raise ValueError(
+                f"optimized_metric={metric!r} was not logged; logged: {sorted(logged)}"
+            )
+        return float(logged[metric])
 
     return app
 
@@ -57,9 +70,20 @@ def main(argv: list[str] | None = None) -> None:
 
         filter_main(rest)
         return
+    if command == "report":
+        from segssl.report import main as report_main
+
+        report_main(rest)
+        return
+    if command == "train":
+        from segssl.resume import resume_overrides
+
+        rest = [*rest, *resume_overrides(rest)]
     sys.argv = [f"segssl {command}", *rest]
     if command == "train":
         from segssl.train import train as task
+    elif command == "predict":
+        from segssl.predict import predict as task
     else:
         from segssl.evaluate import test as task
     hydra_command(COMMANDS[command][0], task)()

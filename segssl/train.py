@@ -10,9 +10,12 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
 
 from segssl.data.datamodule import SemiSupervisedDataModule
 from segssl.methods.base import SegmentationMethod
+from segssl.resume import latest_checkpoint, read_run_state, resumed_config, write_run_state
+from segssl.utils.checkpoint_io import AtomicCheckpointIO
 from segssl.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from segssl.utils.run import resolved_config, save_evaluation
 
@@ -34,20 +37,31 @@ def build_data_and_method(cfg: DictConfig) -> tuple[SemiSupervisedDataModule, Se
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    checkpoint_to_resume = None
+    if cfg.get("resume"):
+        cfg = resumed_config(cfg)
+        checkpoint_to_resume = str(latest_checkpoint(output_dir))
+        log.info("Resuming %s from %s", output_dir, checkpoint_to_resume)
     pl.seed_everything(cfg.seed, workers=True)
     config = resolved_config(cfg)
     datamodule, method = build_data_and_method(cfg)
     method.run_config = config
 
-    loggers = instantiate_loggers(cfg.get("logger"))
+    state = read_run_state(output_dir)
+    loggers = instantiate_loggers(cfg.get("logger"), wandb_id=state.get("wandb_id"))
+    remember_wandb_run(output_dir, loggers)
     callbacks = instantiate_callbacks(cfg.get("callbacks"), with_logger=bool(loggers))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for logger in loggers:
-        logger.log_hyperparams(config)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+    if checkpoint_to_resume is None:
+        for logger in loggers:
+            logger.log_hyperparams(config)
 
-    trainer.fit(method, datamodule=datamodule)
+    trainer.fit(method, datamodule=datamodule, ckpt_path=checkpoint_to_resume)
+    metrics = {name: metric_value(trainer, name) for name in trainer.callback_metrics}
     if not cfg.get("test", True):
-        return {}
+        return {"metrics": metrics}
     checkpoint = best_checkpoint(trainer)
     split = datamodule.resolve_test_split()
     method.evaluation_stage = "test" if split == datamodule.test_split else "test_on_val"
@@ -56,7 +70,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     save_evaluation(output_dir, summary, split=split, checkpoint=checkpoint, config=config)
     for logger in loggers:
         _finish(logger)
-    return summary
+    return {**summary, "metrics": metrics}
+
+
+def metric_value(trainer: pl.Trainer, name: str) -> float:
+    """A metric logged during fit; for the checkpoint monitor (``val/dice``) its best value, the
+    score of the checkpoint that is tested, so that a sweep optimises what selection chose."""
+    callback = trainer.checkpoint_callback
+    best = getattr(callback, "best_model_score", None)
+    if best is not None and getattr(callback, "monitor", None) == name:
+        return float(best)
+    if name not in trainer.callback_metrics:
+        raise KeyError(
+            f"metric {name!r} was not logged; logged: {sorted(trainer.callback_metrics)}"
+        )
+    return float(trainer.callback_metrics[name])
+
+
+@rank_zero_only
+def remember_wandb_run(output_dir: Path, loggers: list) -> None:
+    """Store the W&B run id in the run folder, so a resumed run continues the same W&B run."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            write_run_state(output_dir, wandb_id=logger.experiment.id)
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str:

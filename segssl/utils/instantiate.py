@@ -8,10 +8,18 @@ from omegaconf import DictConfig
 from segssl.utils.loggers import start_loggers
 
 
-def instantiate_loggers(cfg: DictConfig | None) -> list:
+def instantiate_loggers(cfg: DictConfig | None, wandb_id: str | None = None) -> list:
+    """Loggers by name; ``wandb_id`` continues an earlier W&B run (resume)."""
     if not cfg:
         return []
-    return start_loggers([instantiate(node) for node in cfg.values() if node is not None])
+    loggers = []
+    for node in cfg.values():
+        if node is None:
+            continue
+        is_wandb = str(node.get("_target_", "")).endswith("wandb_logger")
+        extra = {"id": wandb_id, "resume": "allow"} if is_wandb and wandb_id else {}
+        loggers.append(instantiate(node, **extra))
+    return start_loggers(loggers)
 
 
 def instantiate_callbacks(cfg: DictConfig | None, with_logger: bool) -> list:

@@ -75,3 +75,36 @@ def _rebuild_kwargs(logger: Any) -> dict:
         for k, v in kwargs.items()
         if k in ("project", "group", "tags", "job_type", "save_dir", "name", "id", "config")
     }
+
+
+class _AppendingWriter:
+    """Mixin for Lightning's CSV writer: keep an existing metrics file and append to it (a
+    resumed run continues its log instead of deleting it)."""
+
+    def _check_log_dir_exists(self) -> None:
+        return None
+
+
+def appending_csv_logger(save_dir: str, name: str = "csv", version: int = 0):
+    """A CSVLogger that appends to ``<save_dir>/<name>/version_<version>/metrics.csv``."""
+    import csv
+
+    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+    class Writer(_AppendingWriter, ExperimentWriter):
+        def __init__(self, log_dir: str) -> None:
+            super().__init__(log_dir)
+            if os.path.isfile(self.metrics_file_path):
+                with open(self.metrics_file_path, newline="") as f:
+                    self.metrics_keys = list(next(csv.reader(f), []))
+
+    class Logger(CSVLogger):
+        @property
+        def experiment(self) -> ExperimentWriter:
+            if self._experiment is None:
+                os.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = Writer(log_dir=self.log_dir)
+            return self._experiment
+
+    return Logger(save_dir=save_dir, name=name, version=version)
