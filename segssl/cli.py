@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     command, rest = argv[0], argv[1:]
+    if command not in COMMANDS and "LOCAL_RANK" in os.environ and "SEGSSL_COMMAND" in os.environ:
+        # a DDP child process: Lightning re-launches this module with the overrides only
+        command, rest = os.environ["SEGSSL_COMMAND"], argv
     if command not in COMMANDS:
         print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         from segssl.resume import resume_overrides
 
         rest = [*rest, *resume_overrides(rest)]
+    os.environ["SEGSSL_COMMAND"] = command
     sys.argv = [f"segssl {command}", *rest]
     if command == "train":
         from segssl.train import train as task

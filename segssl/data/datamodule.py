@@ -28,8 +28,13 @@ def first_item(batch: list[Any]) -> Any:
     return batch[0]
 
 
-def default_num_workers() -> int:
-    """Use the machine's cores but leave one for the training process itself."""
+def default_num_workers(on_accelerator: bool) -> int:
+    """Loader processes when ``data.num_workers`` is unset. On a GPU, the machine's cores but one
+    (the training process); on the CPU none: the network step already uses every core, and
+    loader processes beside it oversubscribe the cores, which slows PyTorch's threads down
+    many times over."""
+    if not on_accelerator:
+        return 0
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
@@ -79,7 +84,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         self.batch_size, self.labeled_batch_size = batch_size, labeled_batch_size
         self.use_unlabeled = use_unlabeled
         self.views, self.augment = views, augment
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.synthetic = synthetic
         self.val_split, self.test_split = val_split, test_split
@@ -231,8 +236,10 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> CombinedLoader:
         streams = {"labeled": self.labeled_batch_size, "unlabeled": self.unlabeled_batch_size}
         active = {name: size for name, size in streams.items() if size and name in self._train}
-        per_stream = self.num_workers // len(active) if self.num_workers else 0
-        per_stream = max(per_stream, 1) if self.num_workers else 0
+        workers = self.num_workers
+        if workers is None:
+            workers = default_num_workers(self._on_accelerator())
+        per_stream = max(workers // len(active), 1) if workers else 0
         loaders = {
             name: self._stream_loader(self._train[name], size, per_stream)
             for name, size in active.items()
