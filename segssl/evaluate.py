@@ -22,11 +22,25 @@ log = logging.getLogger(__name__)
 def load_run_config(ckpt_path: Path) -> dict[str, Any]:
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    config = checkpoint.get("segssl_config")
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"{ckpt_path}: cannot read as a PyTorch checkpoint ({err})") from err
+    config = checkpoint.get("segssl_config") if isinstance(checkpoint, dict) else None
     if not config:
         raise ValueError(f"{ckpt_path}: not a segssl checkpoint (no stored 'segssl_config')")
     return config
+
+
+def load_method(method_cls: type, ckpt_path: Path):
+    """The method with the checkpoint's weights; weights of another model are a clear error."""
+    try:
+        return method_cls.load_from_checkpoint(ckpt_path, map_location="cpu")
+    except RuntimeError as err:
+        raise ValueError(
+            f"{ckpt_path}: its weights do not fit the model of its stored config "
+            f"({str(err).splitlines()[0]})"
+        ) from err
 
 
 def test(cfg: DictConfig) -> dict[str, Any]:
@@ -43,7 +57,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
         raise DataError(f"split {split!r} not found: {datamodule.layout.list_path(split)}")
     datamodule.test_split = split
     method_cls = get_class(run.method._target_)
-    method = method_cls.load_from_checkpoint(ckpt_path, map_location="cpu")
+    method = load_method(method_cls, ckpt_path)
     method.evaluation_stage = split
     trainer = pl.Trainer(
         accelerator=cfg.get("accelerator", "auto"),

@@ -142,12 +142,14 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
                 f"data.labeled_batch_size={self.labeled_batch_size}"
             )
         streams = {"labeled": self._read_training_items(labeled_ids, keep_label=True)}
-        if self.unlabeled_batch_size:
-            if not unlabeled_ids:
-                raise DataError(
-                    f"data.labeled={self.labeled} labels every training patient in {self.root}: "
-                    "no unlabeled data is left for a semi-supervised method"
-                )
+        if self.unlabeled_batch_size and not unlabeled_ids:
+            log.warning(
+                "data.labeled=%d labels every training patient in %s: no unlabeled data, so "
+                "the unlabeled losses are skipped",
+                self.labeled,
+                self.root,
+            )
+        elif self.unlabeled_batch_size:
             streams["unlabeled"] = self._read_training_items(unlabeled_ids, keep_label=False)
         if self._cached_view_keys():
             self._attach_view_cache([item for items in streams.values() for item in items])
