@@ -50,7 +50,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     state = read_run_state(output_dir)
     loggers = instantiate_loggers(cfg.get("logger"), wandb_id=state.get("wandb_id"))
     remember_wandb_run(output_dir, loggers)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"), with_logger=bool(loggers))
+    callbacks = instantiate_callbacks(
+        cfg.get("callbacks"),
+        with_logger=bool(loggers),
+        with_progress_bar=cfg.trainer.get("enable_progress_bar", True),
+    )
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )

@@ -238,3 +238,38 @@ def test_cli_help_and_runs_from_any_directory(tmp_path):
     assert (tmp_path / "data" / "synthetic" / "train_slices.list").is_file()
     runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("method", ["supervised", "cps", "dsaif", "mean_teacher"])
+def test_bf16_mixed_precision_and_channels_last(run_task, method):
+    output_dir, _, _ = run_task(
+        [
+            *TINY,
+            f"method={method}",
+            "trainer.precision=bf16-mixed",
+            "model.channels_last=true",
+            "trainer.max_steps=2",
+        ]
+    )
+    results = read_results(output_dir)
+    assert results["config"]["trainer"]["precision"] == "bf16-mixed"
+    for summary in results["models"].values():
+        assert 0.0 <= summary["mean"]["dice"] <= 1.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("method", ["supervised", "cps", "dsaif", "mean_teacher"])
+def test_gpu_mixed_precision(run_task, method, precision):
+    output_dir, _, _ = run_task(
+        [
+            *TINY,
+            f"method={method}",
+            "trainer=gpu",
+            f"trainer.precision={precision}",
+            "model.channels_last=true",
+            "trainer.max_steps=3",
+        ]
+    )
+    assert (output_dir / "results.json").is_file()

@@ -5,6 +5,7 @@ it trains, which models are evaluated, and how the loss is made from a batch."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -23,7 +24,12 @@ def plain(config: Any) -> Any:
     return OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else config
 
 
-def softmax_of(network: nn.Module) -> PredictFn:
+def build_network(config: Mapping[str, Any]) -> nn.Module:
+    """A network from its config; ``channels_last`` and ``compile`` are options of ours."""
+    return instantiate({k: v for k, v in config.items() if k not in ("channels_last", "compile")})
+
+
+def softmax_of(network: Callable[[torch.Tensor], torch.Tensor]) -> PredictFn:
     return lambda x: torch.softmax(network(x).float(), dim=1)
 
 
@@ -62,8 +68,12 @@ class SegmentationMethod(pl.LightningModule):
         )
         configs = [model, model_2 or model]
         self.networks = nn.ModuleDict(
-            {name: instantiate(configs[min(i, 1)]) for i, name in enumerate(self.network_names)}
+            {name: build_network(configs[min(i, 1)]) for i, name in enumerate(self.network_names)}
         )
+        # speed options of the model config (model.channels_last, model.compile)
+        self.channels_last = bool(model.get("channels_last", False))
+        self.compile_networks = bool(model.get("compile", False))
+        self._compiled: dict[str, Callable] = {}
         self.num_classes, self.class_names = num_classes, list(class_names)
         self.evaluator = VolumeEvaluator(num_classes, self.class_names, **evaluation)
         self.evaluation_results: dict[str, dict] = {}
@@ -82,7 +92,7 @@ class SegmentationMethod(pl.LightningModule):
 
     def predict_fns(self) -> dict[str, PredictFn]:
         """The networks evaluated, by name, as functions from images to class probabilities."""
-        return {name: softmax_of(net) for name, net in self.networks.items()}
+        return {name: softmax_of(partial(self.run_network, name)) for name in self.networks}
 
     def ensembles(self) -> dict[str, list[str]]:
         """Models evaluated as the mean probability of several networks."""
@@ -94,6 +104,20 @@ class SegmentationMethod(pl.LightningModule):
         return (list(self.predict_fns()) + list(self.ensembles()))[-1]
 
     # -- training ----------------------------------------------------------------------------
+    def run_network(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Forward one network, in channels-last layout and compiled when the config asks."""
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        network = self._compiled.get(name, self.networks[name])
+        return network(x)
+
+    def on_fit_start(self) -> None:
+        if self.channels_last:
+            for network in self.networks.values():
+                network.to(memory_format=torch.channels_last)
+        if self.compile_networks and not self._compiled:
+            self._compiled = {name: torch.compile(net) for name, net in self.networks.items()}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities of the selection model."""
         fns = self.predict_fns()

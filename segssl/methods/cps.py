@@ -37,8 +37,8 @@ class CrossPseudoSupervision(SegmentationMethod):
         if unlabeled is not None:
             view_1 = torch.cat([view_1, unlabeled["image_1"]])
             view_2 = torch.cat([view_2, unlabeled["image_2"]])
-        logits_1 = self.networks["net1"](view_1)
-        logits_2 = self.networks["net2"](view_2)
+        logits_1 = self.run_network("net1", view_1)
+        logits_2 = self.run_network("net2", view_2)
         sup_1 = self.supervised_loss(logits_1[:n], labeled["label"])
         sup_2 = self.supervised_loss(logits_2[:n], labeled["label"])
         losses = {"sup_1": sup_1, "sup_2": sup_2}

@@ -55,12 +55,11 @@ class MeanTeacher(SegmentationMethod):
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
-        student = self.networks["student"]
         n = labeled["image_1"].shape[0]
         inputs = labeled["image_1"]
         if unlabeled is not None:
             inputs = torch.cat([inputs, unlabeled["image_1"]])
-        logits = student(inputs)
+        logits = self.run_network("student", inputs)
         loss = self.supervised_loss(logits[:n], labeled["label"])
         losses = {"sup": loss}
         if unlabeled is not None:
@@ -68,7 +67,7 @@ class MeanTeacher(SegmentationMethod):
             noise = torch.randn_like(teacher_input) * self.noise_std
             teacher_input = teacher_input + noise.clamp(-self.noise_clip, self.noise_clip)
             with torch.no_grad():
-                target = torch.softmax(self.networks["teacher"](teacher_input).float(), dim=1)
+                target = torch.softmax(self.run_network("teacher", teacher_input).float(), dim=1)
             consistency = torch.mean((torch.softmax(logits[n:].float(), dim=1) - target) ** 2)
             weight = self.consistency * sigmoid_rampup(self.global_step, self.rampup_steps)
             loss = loss + weight * consistency

@@ -18,5 +18,5 @@ class Supervised(SegmentationMethod):
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         labeled = batch["labeled"]
-        loss = self.supervised_loss(self.networks["net"](labeled["image_1"]), labeled["label"])
+        loss = self.supervised_loss(self.run_network("net", labeled["image_1"]), labeled["label"])
         return {"loss": loss}

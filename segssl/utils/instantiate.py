@@ -22,13 +22,18 @@ def instantiate_loggers(cfg: DictConfig | None, wandb_id: str | None = None) -> 
     return start_loggers(loggers)
 
 
-def instantiate_callbacks(cfg: DictConfig | None, with_logger: bool) -> list:
-    """Callbacks by name; those that need a logger (lr_monitor) are skipped with logger=none."""
+def instantiate_callbacks(
+    cfg: DictConfig | None, with_logger: bool, with_progress_bar: bool = True
+) -> list:
+    """Callbacks by name; those that need a logger (lr_monitor) are skipped with logger=none,
+    the progress bar with trainer.enable_progress_bar=false."""
     if not cfg:
         return []
-    needs_logger = {"lr_monitor"}
+    skipped = set()
+    if not with_logger:
+        skipped.add("lr_monitor")
+    if not with_progress_bar:
+        skipped.add("progress_bar")
     return [
-        instantiate(node)
-        for name, node in cfg.items()
-        if node is not None and (with_logger or name not in needs_logger)
+        instantiate(node) for name, node in cfg.items() if node is not None and name not in skipped
     ]
