@@ -64,26 +64,38 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(method, datamodule=datamodule, ckpt_path=checkpoint_to_resume)
     metrics = {name: metric_value(trainer, name) for name in trainer.callback_metrics}
-    if not cfg.get("test", True):
-        return {"metrics": metrics}
+    result: dict[str, Any] = {"metrics": metrics}
+    if cfg.get("test", True):
+        result.update(evaluate_best(trainer, method, datamodule, output_dir, config))
+    for logger in loggers:
+        _finish(logger)
+    return result
+
+
+def evaluate_best(
+    trainer: pl.Trainer,
+    method: SegmentationMethod,
+    datamodule: SemiSupervisedDataModule,
+    output_dir: Path,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Test the checkpoint selected on validation; write results.json and per_case.csv."""
     checkpoint = best_checkpoint(trainer)
     split = datamodule.resolve_test_split()
     method.evaluation_stage = "test" if split == datamodule.test_split else "test_on_val"
     trainer.test(method, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
     summary = method.evaluation_results[method.evaluation_stage]
     save_evaluation(output_dir, summary, split=split, checkpoint=checkpoint, config=config)
-    for logger in loggers:
-        _finish(logger)
-    return {**summary, "metrics": metrics}
+    return summary
 
 
 def metric_value(trainer: pl.Trainer, name: str) -> float:
     """A metric logged during fit; for the checkpoint monitor (``val/dice``) its best value, the
     score of the checkpoint that is tested, so that a sweep optimises what selection chose."""
-    callback = trainer.checkpoint_callback
-    best = getattr(callback, "best_model_score", None)
-    if best is not None and getattr(callback, "monitor", None) == name:
-        return float(best)
+    for callback in trainer.checkpoint_callbacks:
+        best = getattr(callback, "best_model_score", None)
+        if best is not None and getattr(callback, "monitor", None) == name:
+            return float(best)
     if name not in trainer.callback_metrics:
         raise KeyError(
             f"metric {name!r} was not logged; logged: {sorted(trainer.callback_metrics)}"
@@ -103,7 +115,8 @@ def remember_wandb_run(output_dir: Path, loggers: list) -> None:
 
 def best_checkpoint(trainer: pl.Trainer) -> str:
     """The checkpoint chosen on validation; the last one if validation never ran."""
-    callback = trainer.checkpoint_callback
+    monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+    callback = monitored[0] if monitored else trainer.checkpoint_callback
     best = getattr(callback, "best_model_path", "") if callback else ""
     if best:
         return best

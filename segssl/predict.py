@@ -1,0 +1,201 @@
+"""The ``predict`` command: label maps for new images from a checkpoint alone.
+
+The method, networks and inference protocol come from the checkpoint (its stored config names
+the class; no data paths are needed, so a checkpoint from another machine works). How a file
+becomes model input follows the training data's layout (``input_protocol``); README
+"Predicting masks" has the table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from segssl.evaluate import load_run_config
+from segssl.evaluation.inference import ensemble_predict_fn, probs_to_labels
+from segssl.image_files import (
+    InputProtocol,
+    list_inputs,
+    output_name,
+    read_input,
+    write_labels,
+)
+from segssl.methods.base import PredictFn, SegmentationMethod
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "predictions.json"
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Hydra task of ``python -m segssl predict``."""
+    inputs = cfg.input
+    if OmegaConf.is_config(inputs):
+        inputs = list(OmegaConf.to_container(inputs))
+    axes = cfg.get("axes")
+    return predict_files(
+        cfg.ckpt_path,
+        inputs,
+        cfg.output,
+        model=cfg.get("model_name"),
+        normalize=cfg.get("normalize"),
+        axes=None if axes is None else [int(a) for a in axes],
+        overwrite=bool(cfg.get("overwrite", False)),
+        device=cfg.get("device", "auto"),
+    )
+
+
+def predict_files(
+    ckpt_path: str | Path,
+    inputs: str | Path | list,
+    output_dir: str | Path,
+    *,
+    model: str | None = None,
+    normalize: str | None = None,
+    axes: list[int] | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Predict every input with the checkpoint's ``model`` (default: its selection model), write
+    ``<name>_pred.*`` and ``predictions.json`` into ``output_dir``; return that manifest."""
+    ckpt = Path(ckpt_path).expanduser().resolve()
+    run = load_run_config(ckpt)
+    method: SegmentationMethod = get_class(run["method"]["_target_"]).load_from_checkpoint(
+        ckpt, map_location="cpu"
+    )
+    name, predict_fn = model_predict_fn(method, model)
+    protocol = input_protocol(run, method, normalize, axes)
+    files = list_inputs(inputs)
+    out = Path(output_dir).expanduser()
+    targets = plan_outputs(files, out, overwrite)
+
+    dev = resolve(device)
+    method.to(dev).eval()
+    items = []
+    for path, target in zip(files, targets, strict=True):
+        image = read_input(path, protocol)
+        probs = method.evaluator.predict(predict_fn, image.volume, dev)
+        labels = probs_to_labels(probs, method.evaluator.threshold)
+        write_labels(image, labels, target)
+        log.info("%s -> %s", path, target)
+        items.append(
+            {
+                "input": str(path.resolve()),
+                "output": str(target.resolve()),
+                "format": image.kind,
+                "shape": list(image.file_shape),
+                "model_axes": list(image.axes),
+                "normalize": image.normalize,
+            }
+        )
+    manifest = {
+        "checkpoint": str(ckpt),
+        "method": run.get("method_name", run["method"]["_target_"]),
+        "model": name,
+        "inference": {
+            k: v
+            for k, v in method.evaluator.protocol().items()
+            if k not in ("distance_units", "empty_mask_policy")
+        },
+        "input_protocol": {
+            "dims": protocol.dims,
+            "normalize": protocol.normalize,
+            "h5_normalize": protocol.h5_normalize,
+            "nifti_axes": list(protocol.nifti_axes),
+        },
+        "predictions": items,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"{len(items)} prediction(s) by {name} written to {out}", flush=True)
+    return manifest
+
+
+def model_predict_fn(method: SegmentationMethod, model: str | None) -> tuple[str, PredictFn]:
+    """The named model's probabilities: a network, or an ensemble of the method's networks."""
+    fns, ensembles = method.predict_fns(), method.ensembles()
+    name = model or method.selection_model
+    if name in ensembles:
+        return name, ensemble_predict_fn(*(fns[m] for m in ensembles[name]))
+    if name in fns:
+        return name, fns[name]
+    raise ValueError(
+        f"model_name={name!r}: this checkpoint's {type(method).__name__} has the models "
+        f"{sorted([*fns, *ensembles])}"
+    )
+
+
+def input_protocol(
+    run: dict[str, Any],
+    method: SegmentationMethod,
+    normalize: str | None = None,
+    axes: list[int] | None = None,
+) -> InputProtocol:
+    """Model input as the training data was read, by its layout (``data.layout``):
+
+    - ``ssl4mis`` (ACDC, synthetic): min-max to [0, 1] per volume; NIfTI (x, y, z) is read as
+      (z, y, x), slices along z, the order of ``prepare_acdc``; h5 volumes (D, H, W) as stored.
+    - ``uamt`` (LA): z-score per volume; NIfTI and h5 axes as they are (UA-MT's (H, W, D)).
+    - ``folder``: its ``normalize`` setting; 2-D models slice along its ``slice_axis``.
+
+    h5 files of the SSL4MIS and UA-MT layouts are stored already normalised, so they are used
+    as stored. ``normalize`` and ``axes`` (NIfTI axes taken as D, H, W) override the defaults.
+    """
+    data = run.get("data") or {}
+    layout = data.get("layout", "ssl4mis")
+    options = data.get("layout_options") or {}
+    dims = 2 if method.evaluator.mode == "slices" else 3
+    defaults = {
+        "ssl4mis": ("minmax", "none", (2, 1, 0)),
+        "uamt": ("zscore", "none", (0, 1, 2)),
+    }
+    if layout == "folder":
+        slice_axis = int(options.get("slice_axis", 2))
+        order = (slice_axis, *(a for a in range(3) if a != slice_axis))
+        how = options.get("normalize", "zscore")
+        defaults["folder"] = (how, how, order)
+    if layout not in defaults and (normalize is None or axes is None):
+        raise ValueError(
+            f"the checkpoint's data.layout={layout!r} has no known input protocol; give "
+            f"normalize=minmax|zscore|none and axes=[d,h,w] (NIfTI axes as the model's D, H, W)"
+        )
+    nifti_how, h5_how, order = defaults.get(layout, ("none", "none", (0, 1, 2)))
+    if dims == 3:
+        order = (0, 1, 2)
+    return InputProtocol(
+        dims=dims,
+        normalize=normalize or nifti_how,
+        h5_normalize=normalize or h5_how,
+        nifti_axes=tuple(axes) if axes is not None else order,
+    )
+
+
+def plan_outputs(files: list[Path], out: Path, overwrite: bool) -> list[Path]:
+    """Output paths, refusing name clashes and (unless ``overwrite``) existing files."""
+    targets = [out / output_name(p) for p in files]
+    seen: dict[Path, Path] = {}
+    for path, target in zip(files, targets, strict=True):
+        if target in seen:
+            raise ValueError(f"inputs {seen[target]} and {path} would both write {target}")
+        seen[target] = path
+    existing = [t for t in [*targets, out / MANIFEST] if t.exists()]
+    if existing and not overwrite:
+        shown = ", ".join(str(p) for p in existing[:5])
+        more = f" and {len(existing) - 5} more" if len(existing) > 5 else ""
+        raise FileExistsError(
+            f"output files exist: {shown}{more}; pass overwrite=true to replace them"
+        )
+    return targets
+
+
+def resolve(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
