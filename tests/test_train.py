@@ -50,6 +50,7 @@ def test_each_method_trains_and_writes_results(run_task, method, models, network
     assert checkpoint["global_step"] == 2  # best on validation at step 2, not the last step
     assert (output_dir / "per_case.csv").read_text().count("\n") == 1 + 4 * 3 * len(models)
     assert (output_dir / "training_views.png").stat().st_size > 1000  # first validation
+    assert (output_dir / "val_overlays" / "step_2.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("ablation", ["max_only", "min_only", "blur", "noise", "none"])

@@ -85,3 +85,76 @@ def render_views(samples: list[dict[str, Any]], path: Path, step: int) -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+class ValidationOverlays(pl.Callback):
+    """After each validation, overlay the selection model's prediction and the reference on the
+    middle slice of a few validation volumes (titled with case and step): a PNG in the run
+    folder's ``val_overlays/`` and a W&B image when that logger is active."""
+
+    def __init__(self, num_cases: int = 3) -> None:
+        self.num_cases = num_cases
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        datamodule = trainer.datamodule
+        volumes = datamodule.volumes(datamodule.val_split)[: self.num_cases]
+        if not volumes:
+            return
+        panels = []
+        evaluator = pl_module.evaluator
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.inference_mode():
+            for volume in volumes:
+                probs = evaluator.predict(pl_module.forward, volume["image"], pl_module.device)
+                axis = 0 if evaluator.mode == "slices" else -1
+                index = volume["image"].shape[axis] // 2
+                arrays = (volume["image"], volume["label"], probs.argmax(0).numpy())
+                image, label, pred = (np.take(a, index, axis=axis) for a in arrays)
+                title = f"{volume['case']} slice {index} @ step {trainer.global_step}"
+                panels.append({"title": title, "image": image, "label": label, "pred": pred})
+        pl_module.train(was_training)
+        path = Path(trainer.default_root_dir) / "val_overlays" / f"step_{trainer.global_step}.png"
+        render_overlays(panels, path, pl_module.selection_model)
+        for logger in trainer.loggers:
+            if isinstance(logger, pl.loggers.WandbLogger):
+                import wandb
+
+                logger.experiment.log(
+                    {"val/overlays": [wandb.Image(str(path), caption=path.stem)]},
+                    step=trainer.global_step,
+                )
+
+
+def render_overlays(panels: list[dict[str, Any]], path: Path, model_name: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        ax.imshow(panel["image"], cmap="gray")
+        ax.contour(
+            panel["label"],
+            levels=np.arange(0.5, panel["label"].max() + 1),
+            colors="lime",
+            linewidths=0.8,
+        )
+        ax.contour(
+            panel["pred"],
+            levels=np.arange(0.5, max(panel["pred"].max(), 1) + 1),
+            colors="red",
+            linewidths=0.8,
+            linestyles="dashed",
+        )
+        ax.set_title(panel["title"], fontsize=7)
+        ax.axis("off")
+    fig.suptitle(f"validation: reference (green) vs {model_name} (red dashed)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
