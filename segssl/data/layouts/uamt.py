@@ -1,0 +1,114 @@
+"""UA-MT's h5 layout of the 2018 Left Atrium challenge data (also used by MC-Net, SS-Net, BCP).
+
+Layout under ``root``::
+
+    train.list / test.list                         case ids, one a line
+    2018LA_Seg_Training Set/<id>/mri_norm2.h5      image float32 (H, W, D), label uint8 {0, 1}
+
+Training items are whole volumes (random patches are cut by the training transforms). The
+labeled subset is the first N cases of ``train.list``. LA has no validation split: ``val_cases``
+K > 0 holds out the last K cases of ``train.list`` as validation (never trained on); K = 0, the
+UA-MT protocol, means no validation, so the last checkpoint is tested. The h5 files carry no
+spacing (UA-MT resampled LA to 0.625 mm isotropic): distances are in voxels, as in the LA papers,
+unless ``spacing`` is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from segssl.data.readers import DataError, Sample, load_h5, read_list
+
+
+def check_spacing(
+    spacing: Sequence[float] | None, ndim: int, name: str
+) -> tuple[float, ...] | None:
+    """A voxel spacing setting as a tuple of ``ndim`` positive floats (or None)."""
+    if spacing is None:
+        return None
+    values = tuple(float(s) for s in spacing)
+    if len(values) != ndim or min(values) <= 0:
+        raise DataError(f"{name}={list(spacing)}: expected {ndim} positive voxel sizes (mm)")
+    return values
+
+
+class UAMTLayout:
+    """Paths and splits of a UA-MT LA folder; the only place that knows these file names."""
+
+    train_ndim = 3
+    image_dir = "2018LA_Seg_Training Set"
+    file_name = "mri_norm2.h5"
+    # validation cases come from the end of the training list
+    lists = {"train": "train.list", "val": "train.list", "test": "test.list"}
+
+    def __init__(
+        self, root: str | Path, val_cases: int = 0, spacing: Sequence[float] | None = None
+    ) -> None:
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise DataError(f"data root not found: {self.root} (set data.root=PATH)")
+        if isinstance(val_cases, bool) or not isinstance(val_cases, int) or val_cases < 0:
+            raise DataError(f"data.layout_options.val_cases={val_cases!r}: expected an int >= 0")
+        self.val_cases = val_cases
+        self.spacing = check_spacing(spacing, 3, "data.layout_options.spacing")
+
+    def list_path(self, split: str) -> Path:
+        if split not in self.lists:
+            raise DataError(f"unknown split {split!r}; expected one of {sorted(self.lists)}")
+        return self.root / self.lists[split]
+
+    def has_split(self, split: str) -> bool:
+        if split == "val" and not self.val_cases:
+            return False
+        return self.list_path(split).is_file()
+
+    def ids(self, split: str) -> list[str]:
+        """Case ids of a split; ``val`` is the held-out tail of ``train.list`` (empty if K = 0)."""
+        ids = read_list(self.list_path(split))
+        if split == "test":
+            return ids
+        if self.val_cases >= len(ids):
+            raise DataError(
+                f"data.layout_options.val_cases={self.val_cases} holds out all {len(ids)} cases "
+                f"of {self.list_path(split)}; expected fewer"
+            )
+        cut = len(ids) - self.val_cases
+        return ids[:cut] if split == "train" else ids[cut:]
+
+    def path(self, split: str, item_id: str) -> Path:
+        return self.root / self.image_dir / item_id / self.file_name
+
+    def check_files(self, split: str) -> list[Path]:
+        """All files a split names, checked to exist up front (one error lists the missing)."""
+        paths = [self.path(split, i) for i in self.ids(split)]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            shown = ", ".join(str(p) for p in missing[:3])
+            raise DataError(
+                f"{self.list_path(split)} names {len(missing)} missing file(s), e.g. {shown}"
+            )
+        return paths
+
+    def split_labeled(self, num_labeled: int) -> tuple[list[str], list[str]]:
+        """The first N training cases are labeled, the rest unlabeled (one case = one patient)."""
+        ids = self.ids("train")
+        if not 1 <= num_labeled <= len(ids):
+            held_out = f" after holding out val_cases={self.val_cases}" if self.val_cases else ""
+            raise DataError(
+                f"data.labeled={num_labeled} but {self.list_path('train')} has {len(ids)} "
+                f"training cases{held_out}; expected 1 <= data.labeled <= {len(ids)}"
+            )
+        return ids[:num_labeled], ids[num_labeled:]
+
+    def load(self, split: str, item_id: str, *, num_classes: int, require_label: bool) -> Sample:
+        sample = load_h5(
+            self.path(split, item_id),
+            num_classes=num_classes,
+            require_label=require_label,
+            expected_ndim=3,
+        )
+        sample.case = item_id
+        if self.spacing is not None:
+            sample.spacing = self.spacing
+        return sample
