@@ -18,6 +18,16 @@ from tests.conftest import compose_config, shared_data
 TRAIN_DIR = "2018LA_Seg_Training Set"
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run these small models on one thread: on a shared 2-core machine, torch's two OpenMP
+    threads spin against other processes and tiny steps get up to 100x slower (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def la_overrides(root: Path, *extra: str) -> list[str]:
     return ["+experiment=la", f"data.root={root}", "data.num_workers=0", "logger=csv", *extra]
 
@@ -237,7 +247,6 @@ def test_acdc_labeled_slice_counts(patients, slices):
     assert not labeled_patients & {patient_of(s) for s in unlabeled}
 
 
-@pytest.mark.slow  # about 30 s on 2 cores: reads all 1312 training slices
 def test_acdc_experiment_composes_and_trains(run_task):
     root = shared_data("ACDC")
     output_dir, _, cfg = run_task(

@@ -45,23 +45,47 @@ def wandb_logger(**kwargs: Any):
     return WandbLogger(offline=mode != "online", settings=settings, **kwargs)
 
 
-def start_loggers(loggers: list) -> list:
-    """Start each logger now, so that a W&B server that cannot be reached makes the run fall back
-    to offline mode before training rather than crash it later."""
+def start_loggers(loggers: list, attempts: int = 10, wait_s: float = 3.0) -> list:
+    """Start each logger now, so that W&B trouble is dealt with before training, never by a
+    crash later: a W&B server that cannot be reached makes the run log offline; a run id still
+    held by a killed process (its W&B service outlives it for a few seconds) is retried, then
+    given up for a new id."""
     from pytorch_lightning.loggers import WandbLogger
 
     started = []
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            try:
-                _ = logger.experiment
-            except Exception as err:  # noqa: BLE001 - any failure to reach W&B must not kill a run
-                log.warning("W&B could not start online (%s); logging offline instead.", err)
-                os.environ["WANDB_MODE"] = "offline"
-                logger = wandb_logger(**_rebuild_kwargs(logger))
-                _ = logger.experiment
+            logger = _start_wandb(logger, attempts, wait_s)
         started.append(logger)
     return started
+
+
+def _start_wandb(logger: Any, attempts: int, wait_s: float) -> Any:
+    import time
+
+    kwargs = _rebuild_kwargs(logger)
+    for attempt in range(attempts):
+        try:
+            _ = logger.experiment
+            return logger
+        except Exception as err:  # noqa: BLE001 - any failure to start W&B must not kill a run
+            if "in use" in str(err) and attempt < attempts - 1:
+                log.warning("W&B run %s is still held (%s); retrying", kwargs.get("id"), err)
+                time.sleep(wait_s)
+            elif os.environ.get("WANDB_MODE") != "offline":
+                log.warning("W&B could not start online (%s); logging offline instead.", err)
+                os.environ["WANDB_MODE"] = "offline"
+            else:
+                log.warning(
+                    "W&B run %s cannot be continued (%s); starting a new one.",
+                    kwargs.get("id"),
+                    err,
+                )
+                kwargs.pop("id", None)
+                kwargs.pop("resume", None)
+            logger = wandb_logger(**kwargs)
+    _ = logger.experiment
+    return logger
 
 
 def _rebuild_kwargs(logger: Any) -> dict:
@@ -73,7 +97,7 @@ def _rebuild_kwargs(logger: Any) -> dict:
     return {
         k: v
         for k, v in kwargs.items()
-        if k in ("project", "group", "tags", "job_type", "save_dir", "name", "id", "config")
+        if k in ("project", "group", "tags", "job_type", "save_dir", "name", "id", "resume")
     }
 
 
