@@ -274,3 +274,18 @@ def test_gpu_mixed_precision(run_task, method, precision):
         ]
     )
     assert (output_dir / "results.json").is_file()
+
+
+def test_default_config_on_the_real_acdc_copy(run_task, caplog):
+    """`train data.root=<ACDC>`: the SSL4MIS folder is read as it is (no synthetic data written
+    into it), validation on val.list, and a clear message that there is no test split."""
+    from tests.conftest import shared_data
+
+    root = shared_data("ACDC")
+    output_dir, _, _ = run_task(
+        [*TINY, f"data.root={root}", "data.image_size=32", "trainer.max_steps=1"]
+    )
+    results = read_results(output_dir)
+    assert results["split"] == "val" and results["models"]["ensemble"]["num_cases"] == 20
+    assert "No test split" in caplog.text and "test.list is missing" in caplog.text
+    assert not (root / "synthetic.json").exists()

@@ -94,10 +94,16 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
 
     # -- set-up -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.synthetic is not None:
-            from segssl.data.synthetic import ensure_synthetic_dataset
+        """Write the built-in synthetic data on first use; a ``data.root`` that already holds a
+        dataset of another origin (e.g. ``data.root=../shared/data/ACDC``) is read as it is."""
+        if self.synthetic is None:
+            return
+        from segssl.data.synthetic import STAMP_NAME, ensure_synthetic_dataset
 
-            ensure_synthetic_dataset(self.root, **self.synthetic)
+        if (self.root / "train_slices.list").is_file() and not (self.root / STAMP_NAME).is_file():
+            log.info("data.root=%s is an existing dataset: no synthetic data is written", self.root)
+            return
+        ensure_synthetic_dataset(self.root, **self.synthetic)
 
     @property
     def layout(self):
