@@ -56,14 +56,17 @@ def start_loggers(loggers: list, attempts: int = 10, wait_s: float = 3.0) -> lis
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger = _start_wandb(logger, attempts, wait_s)
-        started.append(logger)
+        if logger is not None:
+            started.append(logger)
     return started
 
 
-def _start_wandb(logger: Any, attempts: int, wait_s: float) -> Any:
+def _start_wandb(logger: Any, attempts: int, wait_s: float) -> Any | None:
     import time
 
     kwargs = _rebuild_kwargs(logger)
+    if kwargs.get("id"):
+        stop_orphaned_wandb_services()
     for attempt in range(attempts):
         try:
             _ = logger.experiment
@@ -75,17 +78,39 @@ def _start_wandb(logger: Any, attempts: int, wait_s: float) -> Any:
             elif os.environ.get("WANDB_MODE") != "offline":
                 log.warning("W&B could not start online (%s); logging offline instead.", err)
                 os.environ["WANDB_MODE"] = "offline"
-            else:
-                log.warning(
-                    "W&B run %s cannot be continued (%s); starting a new one.",
-                    kwargs.get("id"),
-                    err,
-                )
-                kwargs.pop("id", None)
+            elif kwargs.pop("id", None):
+                log.warning("W&B run cannot be continued (%s); starting a new one.", err)
                 kwargs.pop("resume", None)
+            else:
+                log.warning("W&B cannot start (%s); this run is not logged to W&B.", err)
+                return None
             logger = wandb_logger(**kwargs)
-    _ = logger.experiment
-    return logger
+    return None
+
+
+def stop_orphaned_wandb_services() -> None:
+    """Stop W&B services whose run process is gone (a killed run's service keeps its run id
+    for a while, which would block resuming that run). Linux only; best effort."""
+    import signal
+
+    proc = "/proc"
+    if not os.path.isdir(proc):
+        return
+    for pid in filter(str.isdigit, os.listdir(proc)):
+        try:
+            with open(f"{proc}/{pid}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not args or not args[0].endswith("wandb-core") or "--pid" not in args:
+            continue
+        owner = args[args.index("--pid") + 1] if args.index("--pid") + 1 < len(args) else ""
+        if owner.isdigit() and not os.path.exists(f"{proc}/{owner}"):
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+                log.info("Stopped the W&B service %s of the ended process %s", pid, owner)
+            except OSError:
+                pass
 
 
 def _rebuild_kwargs(logger: Any) -> dict:
