@@ -54,7 +54,10 @@ class RandSliceAugmentd(RandomizableTransform, MapTransform):
         self.weights = [w / total for w in weights]
 
     def randomize(self, data: object = None) -> None:
-        self.branch = BRANCHES[self.R.choice(3, p=self.weights)] if self.augment else "identity"
+        u, branch = self.R.rand(), 0
+        while branch < 2 and u >= sum(self.weights[: branch + 1]):
+            branch += 1
+        self.branch = BRANCHES[branch] if self.augment else "identity"
         self.k = int(self.R.randint(4))
         self.flips = [bool(self.R.rand() < 0.5), bool(self.R.rand() < 0.5)]
         angle = self.R.uniform(-self.rotate_degrees, self.rotate_degrees)

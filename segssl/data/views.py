@@ -67,8 +67,12 @@ def random_gamma(image: np.ndarray, gamma: float) -> np.ndarray:
     low, high = float(image.min()), float(image.max())
     if high <= low:
         return image
-    unit = (image - low) / (high - low)
-    return (unit**gamma * (high - low) + low).astype(np.float32)
+    out = np.subtract(image, low, dtype=np.float32)
+    out *= 1.0 / (high - low)
+    np.power(out, gamma, out=out)
+    out *= high - low
+    out += low
+    return out
 
 
 class TwoViews(Randomizable):
