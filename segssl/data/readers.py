@@ -50,6 +50,15 @@ def read_list(path: Path) -> list[str]:
     return ids
 
 
+def require_files(list_path: Path, paths: list[Path]) -> list[Path]:
+    """``paths`` if they all exist, else one error naming the list and the missing files."""
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:3])
+        raise DataError(f"{list_path} names {len(missing)} missing file(s), e.g. {shown}")
+    return paths
+
+
 def patient_of(case_id: str) -> str:
     """Patient id of a slice or volume id (``patient001_frame01_slice_3`` -> ``patient001``)."""
     return case_id.split("_")[0]
@@ -161,14 +170,7 @@ class SSL4MISLayout:
 
     def check_files(self, split: str) -> list[Path]:
         """All files a split names, checked to exist up front (one error lists the missing)."""
-        paths = [self.path(split, i) for i in self.ids(split)]
-        missing = [p for p in paths if not p.is_file()]
-        if missing:
-            shown = ", ".join(str(p) for p in missing[:3])
-            raise DataError(
-                f"{self.list_path(split)} names {len(missing)} missing file(s), e.g. {shown}"
-            )
-        return paths
+        return require_files(self.list_path(split), [self.path(split, i) for i in self.ids(split)])
 
     def load(self, split: str, item_id: str, *, num_classes: int, require_label: bool) -> Sample:
         ndim = self.train_ndim if split == "train" else 3

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from segssl.data.readers import DataError, Sample, load_h5, read_list
+from segssl.data.readers import DataError, Sample, load_h5, read_list, require_files
 
 
 def check_spacing(
@@ -81,14 +81,7 @@ class UAMTLayout:
 
     def check_files(self, split: str) -> list[Path]:
         """All files a split names, checked to exist up front (one error lists the missing)."""
-        paths = [self.path(split, i) for i in self.ids(split)]
-        missing = [p for p in paths if not p.is_file()]
-        if missing:
-            shown = ", ".join(str(p) for p in missing[:3])
-            raise DataError(
-                f"{self.list_path(split)} names {len(missing)} missing file(s), e.g. {shown}"
-            )
-        return paths
+        return require_files(self.list_path(split), [self.path(split, i) for i in self.ids(split)])
 
     def split_labeled(self, num_labeled: int) -> tuple[list[str], list[str]]:
         """The first N training cases are labeled, the rest unlabeled (one case = one patient)."""
