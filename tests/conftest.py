@@ -41,6 +41,18 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tests run tiny models on one thread: with two, PyTorch's OpenMP threads spin against any
+    other process on a 2-core machine and tiny steps get up to 100x slower (measured)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def shared_data(name: str) -> Path:
     """Path of a real dataset beside the repo, or skip the test saying why."""
     path = SHARED_DATA / name

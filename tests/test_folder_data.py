@@ -9,7 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from segssl.data.readers import DataError, make_layout
 
@@ -17,16 +16,6 @@ SPACING = (1.5, 1.25, 3.0)
 SHAPE = (24, 20, 6)
 # c1 has no label (unlabeled); train.list: c0 c1 c2 c3; val: c4; test: c5
 CASES = {"c0": True, "c1": False, "c2": True, "c3": True, "c4": True, "c5": True}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Run these small models on one thread: on a shared 2-core machine, torch's two OpenMP
-    threads spin against other processes and tiny steps get up to 100x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_nifti(path: Path, array: np.ndarray, spacing=SPACING) -> None:

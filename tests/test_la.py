@@ -18,16 +18,6 @@ from tests.conftest import compose_config, shared_data
 TRAIN_DIR = "2018LA_Seg_Training Set"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Run these small models on one thread: on a shared 2-core machine, torch's two OpenMP
-    threads spin against other processes and tiny steps get up to 100x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def la_overrides(root: Path, *extra: str) -> list[str]:
     return ["+experiment=la", f"data.root={root}", "data.num_workers=0", "logger=csv", *extra]
 
