@@ -25,7 +25,10 @@ import numpy as np
 from segssl.evaluation.metrics import EMPTY_MASK_POLICY, METRIC_NAMES
 from segssl.evaluation.results import RESULTS_FILENAME, read_results
 
-MODELS_TEXT = {"default": "the selection model (ensemble, else net)", "all": "all models"}
+# the models checkpoints are selected on: two networks' ensemble, a single network, a mean
+# teacher's student (see each method's ``selection_model``)
+SELECTION_MODELS = ("ensemble", "net", "student")
+MODELS_TEXT = {"default": "the selection model (ensemble, net or student)", "all": "all models"}
 OUTPUTS = ("report.md", "report.csv", "report.png")
 OVERALL = "overall"
 CSV_COLUMNS = (
@@ -197,10 +200,11 @@ def report_models(group: Group, models: str) -> list[str]:
     for run in group.runs:
         present.update(dict.fromkeys(run.results["models"]))
     if models == "default":
-        chosen = [m for m in ("ensemble", "net") if m in present][:1]
+        chosen = [m for m in SELECTION_MODELS if m in present][:1]
         if not chosen:
             raise ReportError(
-                f"{group.runs[0].path}: no 'ensemble' or 'net' model (has {sorted(present)}); "
+                f"{group.runs[0].path}: no selection model {SELECTION_MODELS} (has "
+                f"{sorted(present)}); "
                 "choose with --models NAME[,NAME] or --models all"
             )
         return chosen
@@ -379,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models",
         default="default",
-        help="default (the selection model: ensemble, else net), all, or NAME[,NAME...]",
+        help="default (the selection model: ensemble, net or student), all, or NAME[,NAME...]",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     parser.add_argument(
