@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,9 +134,6 @@ def check_sample(
             f"{path}: 'label' values span [{label.min()}, {label.max()}], expected classes "
             f"0..{num_classes - 1} (data.num_classes={num_classes})"
         )
-
-
-_SLICE_SUFFIX = re.compile(r"_slice_(\d+)$")
 
 
 class SSL4MISLayout:

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from segssl.evaluation.evaluator import VolumeEvaluator
+from segssl.evaluation.inference import ensemble_predict_fn
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -122,7 +123,7 @@ class SegmentationMethod(pl.LightningModule):
         """Class probabilities of the selection model."""
         fns = self.predict_fns()
         members = self.ensembles().get(self.selection_model, [self.selection_model])
-        return torch.stack([fns[m](x) for m in members]).mean(0)
+        return ensemble_predict_fn(*(fns[m] for m in members))(x)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.training_losses(batch)
