@@ -1,0 +1,1 @@
+"""The report command: tables, paired statistics and plots over run folders."""
