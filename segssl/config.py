@@ -6,10 +6,20 @@ from pathlib import Path
 
 
 def config_dir() -> Path:
-    """The repo's ``conf/`` next to the package (checkout / editable install), else the copy
-    shipped inside the package (``segssl/conf``, wheel install)."""
+    """The configs shipped inside the package (``segssl/conf``, a wheel install), else the
+    repository's top-level ``conf/`` (a checkout or an editable install).
+
+    The packaged copy is tried first: in a wheel install the folder beside the package is
+    site-packages, where a ``conf/`` may belong to someone else. The checkout's ``conf/`` counts
+    only beside the project's ``pyproject.toml``.
+    """
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "conf", here / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"segssl configs not found next to {here} (expected conf/train.yaml)")
+    packaged, checkout = here / "conf", here.parent / "conf"
+    if (packaged / "train.yaml").is_file():
+        return packaged
+    if (checkout / "train.yaml").is_file() and (here.parent / "pyproject.toml").is_file():
+        return checkout
+    raise FileNotFoundError(
+        f"segssl configs not found: expected train.yaml in {packaged} (installed wheel) or in "
+        f"{checkout} (checkout); reinstall segssl, or run from a complete checkout"
+    )

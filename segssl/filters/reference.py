@@ -26,7 +26,8 @@ def _quantise(image: np.ndarray) -> tuple[np.ndarray, np.float32, np.float32]:
 
 
 def _dequantise(u: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
-    return (u / 255 * (hi - lo) + lo).astype(np.float32)
+    # the authors' map back, elementwise and in float32 (max and min are float32 scalars)
+    return u.astype(np.float32) / 255 * (hi - lo) + lo
 
 
 def _default_connectivity(ndim: int, connectivity: int | None) -> int:

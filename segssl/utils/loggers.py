@@ -1,13 +1,26 @@
-"""Logger construction that never blocks a run on the network."""
+"""Loggers on Lightning's public API: W&B that never blocks or crashes a run on the network, and
+a CSV log that a resumed run continues."""
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import netrc
 import os
+from pathlib import Path
 from typing import Any
 
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
+
+from segssl.utils.atomic import atomic_open, write_text
+
 log = logging.getLogger(__name__)
+
+# where our W&B factory keeps the arguments it was given, to build the logger again (offline, or
+# under a new run id) when starting it fails: Lightning keeps its own copy private
+WANDB_KWARGS = "segssl_wandb_kwargs"
 
 
 def wandb_credentials_present() -> bool:
@@ -32,7 +45,7 @@ def wandb_mode() -> str:
 def wandb_logger(**kwargs: Any):
     """A WandbLogger that is offline unless the user asked otherwise, with a short timeout.
 
-    Starting the W&B run is checked later by ``ensure_logger_started``: if an online start fails
+    Starting the W&B run is checked later by ``start_loggers``: if an online start fails
     (no network, bad key), the run carries on offline instead of crashing.
     """
     import wandb
@@ -42,7 +55,9 @@ def wandb_logger(**kwargs: Any):
     os.environ.setdefault("WANDB_SILENT", "true")
     os.makedirs(kwargs.get("save_dir", "."), exist_ok=True)
     settings = wandb.Settings(init_timeout=30, silent=True, console="off")
-    return WandbLogger(offline=mode != "online", settings=settings, **kwargs)
+    logger = WandbLogger(offline=mode != "online", settings=settings, **kwargs)
+    setattr(logger, WANDB_KWARGS, dict(kwargs))
+    return logger
 
 
 def start_loggers(loggers: list, attempts: int = 10, wait_s: float = 3.0) -> list:
@@ -65,13 +80,16 @@ def _start_wandb(logger: Any, attempts: int, wait_s: float) -> Any | None:
     import time
 
     kwargs = _rebuild_kwargs(logger)
-    if kwargs.get("id"):
+    if kwargs and kwargs.get("id"):
         stop_orphaned_wandb_services()
     for attempt in range(attempts):
         try:
             _ = logger.experiment
             return logger
         except Exception as err:  # noqa: BLE001 - any failure to start W&B must not kill a run
+            if kwargs is None:
+                log.warning("W&B cannot start (%s); this run is not logged to W&B.", err)
+                return None
             if "in use" in str(err) and attempt < attempts - 1:
                 log.warning("W&B run %s is still held (%s); retrying", kwargs.get("id"), err)
                 time.sleep(wait_s)
@@ -113,47 +131,112 @@ def stop_orphaned_wandb_services() -> None:
                 pass
 
 
-def _rebuild_kwargs(logger: Any) -> dict:
-    kwargs = dict(logger._wandb_init)
-    kwargs.pop("mode", None)
-    kwargs.pop("settings", None)
-    kwargs.pop("dir", None)
-    kwargs["save_dir"] = logger.save_dir
-    return {
-        k: v
-        for k, v in kwargs.items()
-        if k in ("project", "group", "tags", "job_type", "save_dir", "name", "id", "resume")
-    }
+def _rebuild_kwargs(logger: Any) -> dict | None:
+    """The arguments our factory built this W&B logger from (None for one built elsewhere)."""
+    kwargs = getattr(logger, WANDB_KWARGS, None)
+    return dict(kwargs) if kwargs is not None else None
 
 
-class _AppendingWriter:
-    """Mixin for Lightning's CSV writer: keep an existing metrics file and append to it (a
-    resumed run continues its log instead of deleting it)."""
-
-    def _check_log_dir_exists(self) -> None:
-        return None
+def _scalar(value: Any) -> Any:
+    """A logged tensor as a number (Lightning usually converts them before they get here)."""
+    return value.item() if hasattr(value, "item") else value
 
 
-def appending_csv_logger(save_dir: str, name: str = "csv", version: int = 0):
-    """A CSVLogger that appends to ``<save_dir>/<name>/version_<version>/metrics.csv``."""
-    import csv
+class AppendingCSVLogger(Logger):
+    """Metrics in ``<save_dir>/<name>/version_<version>/metrics.csv``, continued rather than
+    replaced: a resumed run appends to the file it finds, keeping its rows and columns.
 
-    from pytorch_lightning.loggers import CSVLogger
-    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+    Rows are buffered and written at each ``save()`` (Lightning calls it after every logging
+    call), on rank zero only. A metric seen for the first time extends the header: the file is
+    rewritten once, atomically, with the sorted union of the columns (earlier rows get blanks),
+    so a crash never leaves half a log. A last line cut short by a killed writer is dropped when
+    the file is first read again.
+    """
 
-    class Writer(_AppendingWriter, ExperimentWriter):
-        def __init__(self, log_dir: str) -> None:
-            super().__init__(log_dir)
-            if os.path.isfile(self.metrics_file_path):
-                with open(self.metrics_file_path, newline="") as f:
-                    self.metrics_keys = list(next(csv.reader(f), []))
+    def __init__(self, save_dir: str | os.PathLike, name: str = "csv", version: int = 0) -> None:
+        super().__init__()
+        self._save_dir = os.fspath(save_dir)
+        self._name = name
+        self._version = version
+        self._pending: list[dict[str, Any]] = []
+        self._rows_logged = 0
+        self._columns: list[str] | None = None  # the file's header once read (or written)
 
-    class Logger(CSVLogger):
-        @property
-        def experiment(self) -> ExperimentWriter:
-            if self._experiment is None:
-                os.makedirs(self.root_dir, exist_ok=True)
-                self._experiment = Writer(log_dir=self.log_dir)
-            return self._experiment
+    @property
+    def name(self) -> str:
+        return self._name
 
-    return Logger(save_dir=save_dir, name=name, version=version)
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        return os.path.join(self._save_dir, self._name)
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.root_dir, f"version_{self._version}")
+
+    @property
+    def metrics_file(self) -> Path:
+        return Path(self.log_dir) / "metrics.csv"
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Nothing to write: the run's config is in ``.hydra/`` and ``results.json``."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        row = {key: _scalar(value) for key, value in metrics.items()}
+        row["step"] = self._rows_logged if step is None else step
+        self._rows_logged += 1
+        self._pending.append(row)
+
+    @rank_zero_only
+    def save(self) -> None:
+        if not self._pending:
+            return
+        columns = self._existing_columns()
+        new = set().union(*self._pending) - set(columns)
+        if new or not self.metrics_file.is_file():
+            self._rewrite(sorted({*columns, *new}), self._pending)
+        else:
+            with open(self.metrics_file, "a", newline="", encoding="utf-8") as handle:
+                csv.DictWriter(handle, fieldnames=columns).writerows(self._pending)
+        self._pending = []
+
+    def _existing_columns(self) -> list[str]:
+        """The header of the file on disk, read once; a cut-short last line is dropped."""
+        if self._columns is not None:
+            return self._columns
+        self._columns = []
+        if self.metrics_file.is_file():
+            text = self.metrics_file.read_text(encoding="utf-8")
+            if text and not text.endswith("\n"):
+                log.warning("%s ends in a partial row (killed writer): dropped", self.metrics_file)
+                write_text(self.metrics_file, text[: text.rfind("\n") + 1])
+            self._columns = next(csv.reader(io.StringIO(text)), [])
+        return self._columns
+
+    def _rewrite(self, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        old_rows: list[dict[str, Any]] = []
+        if self.metrics_file.is_file():
+            with open(self.metrics_file, newline="", encoding="utf-8") as handle:
+                old_rows = list(csv.DictReader(handle))
+        with atomic_open(self.metrics_file, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows([*old_rows, *rows])
+        self._columns = columns
+
+
+def appending_csv_logger(
+    save_dir: str | os.PathLike, name: str = "csv", version: int = 0
+) -> AppendingCSVLogger:
+    """The CSV logger of ``conf/logger``: appends to ``<save_dir>/<name>/version_<version>``."""
+    return AppendingCSVLogger(save_dir=save_dir, name=name, version=version)
