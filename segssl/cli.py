@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -42,7 +44,15 @@ def hydra_command(config_name: str, task: Callable) -> Callable[[], Any]:
 
     @hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
     def app(cfg) -> Any:
-        result = task(cfg)
+        from segssl.utils.signals import install_stop_handlers
+
+        install_stop_handlers()  # SIGTERM / Ctrl-C stop test and predict within seconds too
+        try:
+            result = task(cfg)
+        except BaseException:
+            # a run that failed before writing anything leaves no empty folder behind
+            remove_bookkeeping_only_run_folder()
+            raise
         metric = cfg.get("optimized_metric")
         if not metric:
             return result
@@ -55,6 +65,40 @@ def hydra_command(config_name: str, task: Callable) -> Callable[[], Any]:
         return float(logged[metric])
 
     return app
+
+
+# what Hydra writes into every run folder before the task starts
+HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+
+def remove_bookkeeping_only_run_folder() -> bool:
+    """Remove this single run's folder if it holds nothing but Hydra's bookkeeping (its
+    ``.hydra/`` files and the job log); return whether it did. Never a folder with anything
+    else in it (checkpoints, results, a resumed run's files), never a sweep's folders (a failed
+    job's folder tells ``report`` the job is missing), never from a DDP child process."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if any(os.environ.get(k, "0") not in ("", "0") for k in ("RANK", "LOCAL_RANK")):
+        return False
+    if not HydraConfig.initialized():
+        return False
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.RUN:
+        return False
+    folder = Path(hydra_cfg.runtime.output_dir)
+    subdir = hydra_cfg.output_subdir
+    if not folder.is_dir() or folder.resolve() == Path(hydra_cfg.runtime.cwd).resolve():
+        return False
+    for entry in folder.iterdir():
+        if entry.is_file() and not entry.is_symlink() and entry.suffix == ".log":
+            continue
+        if entry.name == subdir and entry.is_dir() and not entry.is_symlink():
+            if all(f.is_file() and f.name in HYDRA_FILES for f in entry.iterdir()):
+                continue
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,10 +123,22 @@ def main(argv: list[str] | None = None) -> None:
 
         report_main(rest)
         return
-    if command == "train":
-        from segssl.resume import resume_overrides
+    if command == "train" and os.environ.get("LOCAL_RANK", "0") == "0":
+        # before Hydra writes .hydra/: a refused resume or a folder owned by another run
+        # must lose nothing (DDP children skip this: their parent checked and owns the folder)
+        from segssl.resume import ResumeError, resume_overrides
+        from segssl.utils.run_lock import RunFolderError, explicit_run_dir, refuse_reuse
+        from segssl.utils.trust import UntrustedInputError
 
-        rest = [*rest, *resume_overrides(rest)]
+        try:
+            extra = resume_overrides(rest)
+            run_dir = None if extra else explicit_run_dir(rest)
+            if run_dir is not None:
+                refuse_reuse(run_dir)
+        except (ResumeError, RunFolderError, UntrustedInputError) as err:
+            print(f"segssl train: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
+        rest = [*rest, *extra]
     os.environ["SEGSSL_COMMAND"] = command
     sys.argv = [f"segssl {command}", *rest]
     if command == "train":

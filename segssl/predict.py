@@ -4,6 +4,11 @@ The method, networks and inference protocol come from the checkpoint (its stored
 the class; no data paths are needed, so a checkpoint from another machine works). How a file
 becomes model input follows the training data's layout (``input_protocol``); README
 "Predicting masks" has the table.
+
+A folder with an unreadable input is handled as batch tools (nnU-Net, MONAI bundles) are used:
+every other input is still predicted, ``predictions.json`` says ``"status": "partial"`` and
+lists each failed input with its reason, and the command then fails (non-zero exit) naming
+them. When no input can be predicted nothing is written and the error is raised as it is.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from segssl.evaluate import load_run_config
+from segssl.evaluation.checkpoints import build_method, read_checkpoint
 from segssl.evaluation.inference import ensemble_predict_fn, probs_to_labels
 from segssl.image_files import (
+    InputImage,
     InputProtocol,
     list_inputs,
     output_name,
@@ -28,10 +34,15 @@ from segssl.image_files import (
     write_labels,
 )
 from segssl.methods.base import PredictFn, SegmentationMethod
+from segssl.utils.atomic import WriteError, atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "predictions.json"
+
+
+class PartialPredictionError(RuntimeError):
+    """Some inputs could not be predicted; the others were, and ``predictions.json`` says which."""
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -65,11 +76,9 @@ def predict_files(
 ) -> dict[str, Any]:
     """Predict every input with the checkpoint's ``model`` (default: its selection model), write
     ``<name>_pred.*`` and ``predictions.json`` into ``output_dir``; return that manifest."""
-    ckpt = Path(ckpt_path).expanduser().resolve()
-    run = load_run_config(ckpt)
-    method: SegmentationMethod = get_class(run["method"]["_target_"]).load_from_checkpoint(
-        ckpt, map_location="cpu"
-    )
+    checkpoint = read_checkpoint(ckpt_path)  # data only, allow-listed before it is built
+    run = checkpoint.config
+    method = build_method(checkpoint)
     name, predict_fn = model_predict_fn(method, model)
     protocol = input_protocol(run, method, normalize, axes)
     files = list_inputs(inputs)
@@ -78,12 +87,21 @@ def predict_files(
 
     dev = resolve(device)
     method.to(dev).eval()
-    items = []
+    items, failed = [], []
     for path, target in zip(files, targets, strict=True):
-        image = read_input(path, protocol)
-        probs = method.evaluator.predict(predict_fn, image.volume, dev)
-        labels = probs_to_labels(probs, method.evaluator.threshold)
-        write_labels(image, labels, target)
+        try:
+            image = read_input(path, protocol)
+            probs = method.evaluator.predict(predict_fn, image.volume, dev)
+            labels = probs_to_labels(probs, method.evaluator.threshold)
+            write_prediction(image, labels, target)
+        except (WriteError, KeyboardInterrupt):
+            raise  # a full disk or read-only output fails every input alike: stop now
+        except Exception as err:  # noqa: BLE001 - one bad input must not lose the others
+            if len(files) == 1:
+                raise
+            log.error("%s: not predicted: %s", path, err)
+            failed.append({"input": str(path.resolve()), "error": f"{type(err).__name__}: {err}"})
+            continue
         log.info("%s -> %s", path, target)
         items.append(
             {
@@ -95,8 +113,11 @@ def predict_files(
                 "normalize": image.normalize,
             }
         )
+    if not items:
+        reasons = "; ".join(f"{f['input']}: {f['error']}" for f in failed)
+        raise PartialPredictionError(f"no input could be predicted, nothing written: {reasons}")
     manifest = {
-        "checkpoint": str(ckpt),
+        "checkpoint": str(checkpoint.path),
         "method": run.get("method_name", run["method"]["_target_"]),
         "model": name,
         "inference": {
@@ -110,12 +131,28 @@ def predict_files(
             "h5_normalize": protocol.h5_normalize,
             "nifti_axes": list(protocol.nifti_axes),
         },
+        "status": "partial" if failed else "complete",
         "predictions": items,
+        "failed": failed,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     print(f"{len(items)} prediction(s) by {name} written to {out}", flush=True)
+    if failed:
+        names = ", ".join(Path(f["input"]).name for f in failed)
+        raise PartialPredictionError(
+            f"{len(failed)} of {len(files)} inputs could not be predicted ({names}); the other "
+            f"{len(items)} were written, and {out / MANIFEST} lists each failure and its reason"
+        )
     return manifest
+
+
+def write_prediction(image: InputImage, labels: np.ndarray, target: Path) -> None:
+    """Write a label map atomically: a failed write leaves no half file. The temporary name keeps
+    the target's extension, which nibabel and Pillow read the format from."""
+    extension = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
+    with atomic_path(target, suffix=f".tmp{extension}") as tmp:
+        write_labels(image, labels, tmp)
 
 
 def model_predict_fn(method: SegmentationMethod, model: str | None) -> tuple[str, PredictFn]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from segssl.evaluation.metrics import EMPTY_MASK_POLICY, METRIC_NAMES
 from segssl.evaluation.results import RESULTS_FILENAME, read_results
+from segssl.utils.atomic import write_text
 
 # the models checkpoints are selected on: two networks' ensemble, a single network, a mean
 # teacher's student (see each method's ``selection_model``)
@@ -92,20 +93,74 @@ class Group:
 
 
 # -- collecting and grouping ---------------------------------------------------------------
+@dataclass
+class Sources:
+    """What was found under the report's paths: the readable runs, the ``results.json`` that
+    could not be read (path, reason), and the numbered jobs of sweeps that have none."""
+
+    runs: list[Run]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    missing: list[Path] = field(default_factory=list)
+
+
 def find_runs(paths: Sequence[str | Path]) -> list[Run]:
-    """Every results.json under the given folders (recursively) or given directly."""
+    """Every readable results.json under the given folders (recursively) or given directly."""
+    return collect_runs(paths).runs
+
+
+def collect_runs(paths: Sequence[str | Path]) -> Sources:
+    """Runs under ``paths``; a damaged ``results.json`` is skipped with a warning naming it (one
+    killed or half-copied run must not hide the others), a sweep job without one is listed."""
     files: list[Path] = []
+    missing: list[Path] = []
     for item in paths:
         path = Path(item).expanduser()
         if path.is_file():
             files.append(path)
         elif path.is_dir():
             files += sorted(path.rglob(RESULTS_FILENAME))
+            missing += missing_jobs(path)
         else:
             raise ReportError(f"{path}: no such run folder or results file")
     if not files:
         raise ReportError(f"no {RESULTS_FILENAME} under {', '.join(map(str, paths))}")
-    return [Run(f.resolve(), read_results(f)) for f in dict.fromkeys(files)]
+    runs, skipped = [], []
+    for file in dict.fromkeys(f.resolve() for f in files):
+        try:
+            runs.append(Run(file, read_results(file)))
+        except (OSError, ValueError) as err:
+            reason = str(err).removeprefix(f"{file}: ")
+            print(f"segssl report: warning: skipped {file}: {reason}", file=sys.stderr)
+            skipped.append((file, reason))
+    missing = list(dict.fromkeys(m.resolve() for m in missing))
+    for job in missing:
+        print(
+            f"segssl report: warning: sweep job {job} has no {RESULTS_FILENAME} "
+            "(failed, killed or still running)",
+            file=sys.stderr,
+        )
+    if not runs:
+        raise ReportError(
+            f"no readable {RESULTS_FILENAME} under {', '.join(map(str, paths))} "
+            f"(skipped: {'; '.join(f'{f}: {r}' for f, r in skipped)})"
+        )
+    return Sources(runs, skipped, missing)
+
+
+def missing_jobs(folder: Path) -> list[Path]:
+    """Numbered job folders of the Hydra sweeps under ``folder`` that hold no results.json. A
+    sweep folder is one with Hydra's ``multirun.yaml``, or with numbered job folders of which
+    at least one has results."""
+    found = []
+    candidates = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+    for sweep in candidates:
+        jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()]
+        if not jobs:
+            continue
+        has_results = [(job / RESULTS_FILENAME).exists() for job in jobs]
+        if (sweep / "multirun.yaml").is_file() or any(has_results):
+            found += [job for job, done in zip(jobs, has_results, strict=True) if not done]
+    return sorted(found, key=lambda p: (str(p.parent), int(p.name)))
 
 
 def check_comparable(runs: Sequence[Run]) -> tuple[str, dict[str, Any]]:
@@ -274,11 +329,14 @@ def markdown_text(
     sources: Sequence[str],
     out_dir: Path,
     models: str,
+    skipped: Sequence[tuple[Path, str]] = (),
+    missing: Sequence[Path] = (),
 ) -> str:
     units = protocol.get("distance_units", "unknown units")
     heads = ["Dice", "Jaccard", f"HD95 ({units})", f"ASD ({units})"]
     kinds = sorted({r.checkpoint_kind for g in groups for r in g.runs})
     runs = [r for g in groups for r in g.runs]
+    dropped = len(skipped) + len(missing)
     lines = [
         "# segssl report",
         "",
@@ -294,7 +352,8 @@ def markdown_text(
         "- **Groups:** runs whose resolved configs differ only in the seed (and in locations "
         "such as data.root).",
         f"- **Models:** {MODELS_TEXT.get(models, models)}",
-        f"- **Source:** {len(runs)} results.json under {', '.join(sources)}",
+        f"- **Source:** {len(runs)} results.json under {', '.join(sources)}"
+        + (f"; {dropped} not reported (see below)" if dropped else ""),
         f"- **Created:** {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
         "",
     ]
@@ -319,6 +378,12 @@ def markdown_text(
     lines += _table(["group", "seed", "checkpoint", "results"],
                     [[g.label, r.seed, r.checkpoint_kind, _relative(r.path, out_dir)]
                      for g in groups for r in g.runs])  # fmt: skip
+    if skipped or missing:
+        lines += ["", "## Not reported", ""]
+        lines += _table(["results", "why"],
+                        [*([_relative(f, out_dir), f"skipped: {why}"] for f, why in skipped),
+                         *([_relative(j, out_dir), f"sweep job without {RESULTS_FILENAME} "
+                            "(failed, killed or still running)"] for j in missing)])  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -349,15 +414,19 @@ def write_report(
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
         raise ReportError(f"report exists: {', '.join(existing)}; pass --overwrite to replace it")
-    runs = find_runs(paths)
+    found = collect_runs(paths)
+    runs = found.runs
     split, protocol = check_comparable(runs)
     groups = group_runs(runs)
     rows = summary_rows(groups, models, split)
     sources = [str(Path(p)) for p in paths]
     out.mkdir(parents=True, exist_ok=True)
-    targets["report.csv"].write_text(csv_text(rows))
-    targets["report.md"].write_text(
-        markdown_text(rows, groups, split, protocol, sources, out, models)
+    write_text(targets["report.csv"], csv_text(rows))
+    write_text(
+        targets["report.md"],
+        markdown_text(
+            rows, groups, split, protocol, sources, out, models, found.skipped, found.missing
+        ),
     )
     from segssl.report_plot import plot_dice
 

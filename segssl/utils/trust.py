@@ -7,27 +7,50 @@ allow-list below; anything else is refused before anything is built."""
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-# Prefixes of the callables segssl's own configs instantiate (conf/**.yaml). A stored config may
-# name these and nothing else.
+# The callables a stored config may name: the packages segssl's own configs (conf/**.yaml)
+# build from, and nothing else. A module prefix ends with a dot; other entries are exact names.
+# Narrower than "segssl.*" on purpose: segssl.cli, segssl.train or segssl.utils.atomic are
+# callables too, and a checkpoint must not be able to start a command or write a file.
 ALLOWED_TARGET_PREFIXES: tuple[str, ...] = (
-    "segssl.",
+    "segssl.data.datamodule.",
+    "segssl.data.layouts.",
+    "segssl.data.views.",
+    "segssl.methods.",
+    "segssl.models.",
+    "segssl.utils.callbacks.",
+    "segssl.utils.checkpoint_io.",
+    "segssl.utils.loggers.",
+    "segssl.utils.signals.",
     "monai.networks.nets.",
     "torch.optim.",
     "torch.nn.",
-    "pytorch_lightning.Trainer",
     "pytorch_lightning.callbacks.",
     "pytorch_lightning.loggers.",
-    "lightning.pytorch.Trainer",
     "lightning.pytorch.callbacks.",
     "lightning.pytorch.loggers.",
 )
+ALLOWED_TARGETS: frozenset[str] = frozenset(
+    {
+        "pytorch_lightning.Trainer",
+        "lightning.pytorch.Trainer",
+        # a callback of conf/callbacks/default.yaml outside the prefixes above
+        "segssl.utils.stop_on_signal.StopOnSignal",
+    }
+)
+# Top-level keys of a stored run config that segssl never instantiates: Hydra's own settings
+# (launcher, sweeper) recorded with the run. They are kept as a record and not checked.
+NEVER_BUILT: tuple[str, ...] = ("hydra",)
 
 
 class UntrustedInputError(ValueError):
@@ -35,11 +58,40 @@ class UntrustedInputError(ValueError):
 
 
 def is_allowed_target(target: str) -> bool:
+    """Whether ``target`` names a class or function defined in an allowed module.
+
+    A prefix alone is not enough: ``segssl.data.datamodule.os.system`` starts with an allowed
+    prefix and reaches ``os.system`` through the module's imports. So the target is located as
+    Hydra would (import the longest module prefix, then attributes), no attribute on the way may
+    be a module, and the object found must be defined under an allowed prefix. Only modules
+    under the allowed prefixes are ever imported here."""
     if not isinstance(target, str) or not target or any(c.isspace() for c in target):
         return False
     if ".." in target or target.startswith(".") or target.endswith("."):
         return False
-    return target.startswith(ALLOWED_TARGET_PREFIXES)
+    if target in ALLOWED_TARGETS:
+        return True
+    return target.startswith(ALLOWED_TARGET_PREFIXES) and _defined_in_allowed_module(target)
+
+
+@functools.lru_cache(maxsize=256)
+def _defined_in_allowed_module(target: str) -> bool:
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
+        except Exception:  # noqa: BLE001 - not a module (or not importable here): try shorter
+            continue
+        break
+    else:
+        return False
+    for attr in parts[cut:]:
+        obj = getattr(obj, attr, None)
+        if obj is None or inspect.ismodule(obj):
+            return False
+    if not (inspect.isclass(obj) or inspect.isroutine(obj)):
+        return False
+    return (str(getattr(obj, "__module__", "")) + ".").startswith(ALLOWED_TARGET_PREFIXES)
 
 
 def disallowed_targets(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -58,20 +110,29 @@ def disallowed_targets(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return found
 
 
-def check_targets(config: Any, source: str | os.PathLike) -> None:
-    """Refuse ``config`` (read from ``source``) if it names a callable off the allow-list."""
+def check_targets(config: Any, source: str | os.PathLike, prefix: str = "") -> None:
+    """Refuse ``config`` (read from ``source``) if it names a callable off the allow-list; the
+    error names the key (under ``prefix``, e.g. where in the file the config sits)."""
     from omegaconf import OmegaConf
 
     if OmegaConf.is_config(config):
         config = OmegaConf.to_container(config, resolve=False)
-    bad = disallowed_targets(config)
+    if isinstance(config, Mapping):
+        config = {k: v for k, v in config.items() if k not in NEVER_BUILT}
+    bad = disallowed_targets(config, prefix)
     if bad:
         key, target = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise UntrustedInputError(
             f"{source}: refusing to build '{key}: {target}'{more}: segssl only instantiates "
-            f"targets under {', '.join(p.rstrip('.') for p in ALLOWED_TARGET_PREFIXES)}"
+            f"{allowed_text()}"
         )
+
+
+def allowed_text() -> str:
+    """The allow-list in words, for error messages and the README."""
+    prefixes = ", ".join(f"{p}*" for p in ALLOWED_TARGET_PREFIXES)
+    return f"targets {prefixes} and {', '.join(sorted(ALLOWED_TARGETS))}"
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -83,23 +144,36 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every unreadable file gets the same clear message
         text = str(err)
-        if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
             raise UntrustedInputError(
-                f"{path}: refused: it holds pickled Python objects, not only tensors and plain "
-                f"data ({text.splitlines()[0] if text else type(err).__name__}); segssl loads "
-                f"checkpoints with weights_only=True and never runs code from them"
+                f"{path}: refused: it holds pickled Python objects ({found.group(1)}), not only "
+                f"tensors and plain data; segssl loads checkpoints with weights_only=True and "
+                f"never runs code from them"
             ) from err
-        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({err})") from err
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        reason = found.group(1).strip() if found else (text.splitlines() or [repr(err)])[0]
+        raise ValueError(
+            f"{path}: cannot read as a PyTorch checkpoint ({reason}); damaged, not a "
+            f"checkpoint, or holding data that weights_only=True does not load"
+        ) from err
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: not a segssl checkpoint (a {type(checkpoint).__name__})")
     return checkpoint
 
 
+def check_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """The stored segssl config of a loaded checkpoint, after checking every ``_target_`` a
+    rebuild would instantiate: the run config and the method's hyper-parameters (the networks
+    and optimiser are built from those)."""
+    config = checkpoint.get("segssl_config")
+    if not isinstance(config, Mapping) or not config:
+        raise ValueError(f"{path}: not a segssl checkpoint (no stored 'segssl_config')")
+    check_targets(config, path, prefix="segssl_config")
+    check_targets(checkpoint.get("hyper_parameters") or {}, path, prefix="hyper_parameters")
+    return dict(config)
+
+
 def load_run_config(path: str | os.PathLike) -> dict[str, Any]:
     """The segssl config stored in a checkpoint, checked against the allow-list."""
-    checkpoint = load_checkpoint(path)
-    config = checkpoint.get("segssl_config")
-    if not config:
-        raise ValueError(f"{path}: not a segssl checkpoint (no stored 'segssl_config')")
-    check_targets(config, path)
-    return config
+    return check_checkpoint(load_checkpoint(path), path)
