@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,19 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from segssl.data.datamodule import SemiSupervisedDataModule
 from segssl.methods.base import SegmentationMethod
-from segssl.resume import latest_checkpoint, read_run_state, resumed_config, write_run_state
-from segssl.utils.checkpoint_io import AtomicCheckpointIO
+from segssl.resume import (
+    checkpoint_to_resume,
+    plan_resume,
+    read_run_state,
+    record_resume,
+    write_run_state,
+)
+from segssl.utils.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
 from segssl.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from segssl.utils.run import resolved_config, save_evaluation
+from segssl.utils.run_lock import RunFolderError, RunLock
+from segssl.utils.settings_check import check_training_settings
+from segssl.utils.signals import install_stop_handlers
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +47,23 @@ def build_data_and_method(cfg: DictConfig) -> tuple[SemiSupervisedDataModule, Se
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    checkpoint_to_resume = None
+    # one owner per run folder (rank 0 holds it for all ranks of a DDP run)
+    lock = RunLock(output_dir) if rank_zero_only.rank == 0 else nullcontext()
+    with lock:
+        return _train(cfg, output_dir)
+
+
+def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    resume_from = plan = None
     if cfg.get("resume"):
-        cfg = resumed_config(cfg)
-        checkpoint_to_resume = str(latest_checkpoint(output_dir))
-        log.info("Resuming %s from %s", output_dir, checkpoint_to_resume)
+        plan = plan_resume(cfg, output_dir, list(HydraConfig.get().overrides.task))
+        cfg = plan.config
+        resume_from, step = checkpoint_to_resume(plan)
+        log.info("Resuming %s from %s", output_dir, resume_from)
+    else:
+        refuse_existing_run(output_dir)
+    check_training_settings(cfg)  # before anything is built
+    install_stop_handlers()  # SIGTERM / Ctrl-C stop within seconds (segssl/utils/signals.py)
     pl.seed_everything(cfg.seed, workers=True)
     config = resolved_config(cfg)
     datamodule, method = build_data_and_method(cfg)
@@ -58,11 +80,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
-    if checkpoint_to_resume is None:
+    if plan is None:
         for logger in loggers:
             logger.log_hyperparams(config)
+    elif rank_zero_only.rank == 0:
+        record_resume(plan, resume_from, step)  # once everything is built: nothing left to refuse
 
-    trainer.fit(method, datamodule=datamodule, ckpt_path=checkpoint_to_resume)
+    trainer.fit(method, datamodule=datamodule, ckpt_path=resume_from)
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, RunCheckpoint):
+            callback.readable_best()  # a damaged best is dropped before its score is reported
     metrics = {name: metric_value(trainer, name) for name in trainer.callback_metrics}
     result: dict[str, Any] = {"metrics": metrics}
     if cfg.get("test", True):
@@ -79,14 +106,55 @@ def evaluate_best(
     output_dir: Path,
     config: dict[str, Any],
 ) -> dict[str, Any]:
-    """Test the checkpoint selected on validation; write results.json and per_case.csv."""
-    checkpoint = best_checkpoint(trainer)
+    """Test the checkpoint selected on validation and the last one, each under its own label
+    (``test/best/...``, ``test/last/...``); write results.json and the per-case CSVs. The
+    selected one (best, or last when no validation ran) is the run's headline result."""
+    checkpoint, selection = best_checkpoint(trainer)
+    tested = {} if selection.startswith("last") else {"best": (checkpoint, selection)}
+    last = last_checkpoint(trainer)
+    if last:
+        why = "no validation ran: the last checkpoint is the only one" if not tested else "last"
+        tested["last"] = (last, why)
     split = datamodule.resolve_test_split()
-    method.evaluation_stage = "test" if split == datamodule.test_split else "test_on_val"
-    trainer.test(method, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
-    summary = method.evaluation_results[method.evaluation_stage]
-    save_evaluation(output_dir, summary, split=split, checkpoint=checkpoint, config=config)
-    return summary
+    stage = "test" if split == datamodule.test_split else "test_on_val"
+    evaluations: dict[str, dict[str, Any]] = {}
+    for label, (path, why) in tested.items():
+        method.evaluation_stage = f"{stage}/{label}"
+        trainer.test(method, datamodule=datamodule, ckpt_path=path, verbose=False)
+        summary = method.evaluation_results[method.evaluation_stage]
+        evaluations[label] = {"checkpoint": path, "selection": why, "summary": summary}
+    selected = evaluations["best" if "best" in evaluations else "last"]
+    save_evaluation(
+        output_dir,
+        selected["summary"],
+        split=split,
+        checkpoint=selected["checkpoint"],
+        config=config,
+        # said only when it is not the plain best on validation (a damaged best was skipped)
+        extra={"selection": selection} if selection.startswith("next-best") else None,
+        evaluations=evaluations,
+    )
+    return selected["summary"]
+
+
+def last_checkpoint(trainer: pl.Trainer) -> str | None:
+    """``last.ckpt`` of the run (written at every validation and at the end of training)."""
+    for callback in trainer.checkpoint_callbacks:
+        last = getattr(callback, "last_model_path", "")
+        if last and Path(last).is_file():
+            return last
+    return None
+
+
+def refuse_existing_run(output_dir: Path) -> None:
+    """A new run never writes into a folder that holds another run's results or checkpoints
+    (they would mix); ``cli.main`` refuses earlier, before Hydra writes ``.hydra/``."""
+    checkpoints = output_dir / "checkpoints"
+    if (output_dir / "results.json").is_file() or any(checkpoints.glob("*.ckpt")):
+        raise RunFolderError(
+            f"{output_dir} already holds a run (results.json or checkpoints); omit hydra.run.dir "
+            f"to start a new run folder, or continue that run with `train resume={output_dir}`"
+        )
 
 
 def metric_value(trainer: pl.Trainer, name: str) -> float:
@@ -113,24 +181,38 @@ def remember_wandb_run(output_dir: Path, loggers: list) -> None:
             write_run_state(output_dir, wandb_id=logger.experiment.id)
 
 
-def best_checkpoint(trainer: pl.Trainer) -> str:
-    """The checkpoint chosen on validation; the last one if validation never ran."""
+def best_checkpoint(trainer: pl.Trainer) -> tuple[str, str]:
+    """The checkpoint chosen on validation and how it was chosen; a best checkpoint that no
+    longer reads back is dropped (with a warning) for the next-best; the last one if
+    validation never ran."""
     monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
     callback = monitored[0] if monitored else trainer.checkpoint_callback
-    best = getattr(callback, "best_model_path", "") if callback else ""
+    if isinstance(callback, RunCheckpoint):
+        best = callback.readable_best()
+        better = callback.dropped_better_than(best) if best else []
+        if better:
+            names = ", ".join(Path(p).name for p in better)
+            return best, f"next-best on validation (the better {names} does not read back)"
+    else:
+        best = getattr(callback, "best_model_path", "") if callback else ""
     if best:
-        return best
+        return best, "best on validation"
     last = getattr(callback, "last_model_path", "") if callback else ""
-    if last:
+    if last and Path(last).is_file():
         log.warning("No validation ran before the end of training: testing the last checkpoint.")
-        return last
+        return last, "last (no validation ran)"
     raise RuntimeError("no checkpoint was saved; is callbacks.model_checkpoint disabled?")
 
 
 def _finish(logger: Any) -> None:
-    """Close the W&B run so that the next job of a multirun starts its own."""
+    """Close the W&B run so that the next job of a multirun starts its own. The run was started
+    by ``start_loggers`` (off rank zero ``experiment`` is Lightning's no-op stand-in), and
+    closing it never fails a finished run: the results are already written."""
     from pytorch_lightning.loggers import WandbLogger
 
     logger.finalize("success")
-    if isinstance(logger, WandbLogger) and logger._experiment is not None:
-        logger.experiment.finish()
+    if isinstance(logger, WandbLogger):
+        try:
+            logger.experiment.finish()
+        except Exception as err:  # noqa: BLE001 - W&B trouble must not fail a finished run
+            log.warning("W&B run could not be closed cleanly (%s); its local files are kept.", err)

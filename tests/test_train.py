@@ -13,7 +13,7 @@ import torch
 
 from tests.conftest import TINY
 
-RESULT_KEYS = {"split", "checkpoint", "protocol", "models", "config", "created"}
+RESULT_KEYS = {"split", "checkpoint", "protocol", "models", "config", "created", "evaluations"}
 METRICS = {"dice", "jaccard", "hd95", "asd"}
 
 
@@ -43,6 +43,14 @@ def test_each_method_trains_and_writes_results(run_task, method, models, network
         assert 0.0 <= summary["mean"]["dice"] <= 1.0
     assert results["config"]["method_name"] == method
     assert Path(results["checkpoint"]).is_file()
+    # the best-on-validation and the last checkpoint, each tested and labelled, never mixed
+    best, last = results["evaluations"]["best"], results["evaluations"]["last"]
+    assert best["checkpoint"] == results["checkpoint"] and best["models"] == results["models"]
+    assert best["selection"] == "best on validation"
+    assert Path(last["checkpoint"]).name == "last.ckpt" and set(last["models"]) == models
+    assert torch.load(last["checkpoint"], weights_only=True)["global_step"] == 3  # end of training
+    assert (output_dir / "per_case_best.csv").is_file()
+    assert (output_dir / "per_case_last.csv").is_file()
     checkpoint = torch.load(results["checkpoint"], map_location="cpu", weights_only=True)
     assert {k.split(".")[1] for k in checkpoint["state_dict"] if k.startswith("networks.")} == (
         networks
@@ -112,7 +120,7 @@ def test_method_chooses_views_and_command_line_can_override(run_task):
 
     from segssl.data.views import TwoViews
 
-    _, _, cfg = run_task([*TINY, "method=cps", "trainer.max_steps=0", "test=false"])
+    _, _, cfg = run_task([*TINY, "method=cps", "trainer.max_steps=1", "test=false"])
     assert cfg.filter._target_ == "segssl.data.views.TwoViews" and cfg.filter.p == 0.0
     _, _, cfg = run_task(
         [
@@ -120,7 +128,7 @@ def test_method_chooses_views_and_command_line_can_override(run_task):
             "method=dsaif",
             "filter.p=0.25",
             "filter.area_threshold=7",
-            "trainer.max_steps=0",
+            "trainer.max_steps=1",
             "test=false",
         ],
         name="b",
@@ -136,7 +144,7 @@ def test_method_chooses_views_and_command_line_can_override(run_task):
 def test_supervised_sees_only_labeled_data(run_task):
     from segssl.train import build_data_and_method
 
-    _, _, cfg = run_task([*TINY, "method=supervised", "trainer.max_steps=0", "test=false"])
+    _, _, cfg = run_task([*TINY, "method=supervised", "trainer.max_steps=1", "test=false"])
     datamodule, method = build_data_and_method(cfg)
     batch = next(iter(datamodule.train_dataloader()))[0]
     assert set(batch) == {"labeled"}
@@ -151,9 +159,9 @@ def test_labeled_count_image_size_and_seed(run_task):
         [
             *TINY,
             "data.labeled=2",
-            "data.image_size=16",
+            "data.image_size=48",
             "seed=3",
-            "trainer.max_steps=0",
+            "trainer.max_steps=1",
             "test=false",
         ]
     )
@@ -163,7 +171,7 @@ def test_labeled_count_image_size_and_seed(run_task):
     assert len(labeled) == 2 and not labeled & unlabeled and len(unlabeled) == 2
     assert all("label" not in s for s in datamodule._train["unlabeled"])
     batch = next(iter(datamodule.train_dataloader()))[0]
-    assert batch["unlabeled"]["image_2"].shape == (2, 1, 16, 16)
+    assert batch["unlabeled"]["image_2"].shape == (2, 1, 48, 48)
     assert "label" not in batch["unlabeled"]
 
 

@@ -14,13 +14,15 @@ change makes a new cache instead of silently reusing a stale one.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
-import uuid
+import signal
+import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,14 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from segssl.utils.atomic import remove_stale_temporaries, write_with
+
 log = logging.getLogger(__name__)
 
 # Bump when the filter's output changes, so that old caches are not reused.
-FILTER_CODE_VERSION = "dsaif-1"
+FILTER_CODE_VERSION = "dsaif-2"  # 2: float32 map back, the authors' bits
+# prctl(2) option: the signal a process gets when its parent dies
+PR_SET_PDEATHSIG = 1
 
 Precompute = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -55,16 +61,42 @@ def _compute(args: tuple[Precompute, np.ndarray]) -> dict[str, np.ndarray]:
     return precompute(image)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: a worker (about 400 MB each) must not outlive the run that started it.
+    On Linux the kernel kills it when its parent dies, even by SIGKILL; Ctrl-C and SIGTERM are
+    left to the parent, which terminates the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
 def compute_views(
     precompute: Precompute, images: Sequence[np.ndarray], num_workers: int
 ) -> list[dict[str, np.ndarray]]:
-    """Filter every image, in parallel processes, with a progress bar."""
+    """Filter every image, in parallel processes, with a progress bar. Any exception here,
+    a stop signal included, terminates the workers before it propagates."""
     jobs = [(precompute, image) for image in images]
     progress = dict(total=len(jobs), desc="DSAIF view cache", unit="img", mininterval=2.0)
     if num_workers <= 1:
         return [_compute(job) for job in tqdm(jobs, **progress)]
-    with ProcessPoolExecutor(max_workers=num_workers) as pool:
-        return list(tqdm(pool.map(_compute, jobs, chunksize=8), **progress))
+    # fork: the workers inherit the images without pickling them; PDEATHSIG needs it too (the
+    # signal is tied to the thread that forked the worker, here the main thread)
+    context = multiprocessing.get_context("fork")
+    pool = context.Pool(num_workers, initializer=_die_with_parent, initargs=(os.getpid(),))
+    try:
+        views = list(tqdm(pool.imap(_compute, jobs, chunksize=8), **progress))
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
+    return views
 
 
 def load_or_build(
@@ -74,31 +106,42 @@ def load_or_build(
     precompute: Precompute,
     num_workers: int,
 ) -> list[dict[str, np.ndarray]]:
-    """The cached views of ``items`` (dicts with ``case`` and ``image``), built if absent."""
-    path = Path(cache_dir) / f"{key}.h5"
+    """The cached views of ``items`` (dicts with ``case`` and ``image``), built if absent.
+    A cache file is only ever complete (written beside, then renamed), and one that does not
+    hold exactly these cases is rebuilt rather than trusted."""
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"{key}.h5"
+    cases = [item["case"] for item in items]
+    for stale in remove_stale_temporaries(cache_dir):
+        log.info("Removed %s, left by a cache build that was killed", stale)
     if path.is_file():
         try:
-            return _read(path, [item["case"] for item in items])
-        except (OSError, KeyError) as err:
+            return _read(path, cases)
+        except (OSError, KeyError, ValueError) as err:
             log.warning("View cache %s is unreadable (%s); rebuilding it.", path, err)
     log.info("Building the view cache %s for %d images", path, len(items))
     views = compute_views(precompute, [item["image"] for item in items], num_workers)
-    _write(path, [item["case"] for item in items], views)
+    _write(path, cases, views)
     return views
 
 
 def _write(path: Path, cases: Sequence[str], views: Sequence[dict[str, np.ndarray]]) -> None:
-    """Write to a temporary file and rename: a crash never leaves a cache that looks complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with h5py.File(tmp, "w") as f:
-        for case, arrays in zip(cases, views, strict=True):
-            group = f.create_group(case)
-            for name, array in arrays.items():
-                group.create_dataset(name, data=array)
-    os.replace(tmp, path)
+    """Write beside and rename: a crash never leaves a cache that looks complete."""
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            for case, arrays in zip(cases, views, strict=True):
+                group = f.create_group(case)
+                for name, array in arrays.items():
+                    group.create_dataset(name, data=array)
+            # written last: a file without it was not finished
+            f.attrs["num_cases"] = len(cases)
+
+    write_with(path, write)
 
 
 def _read(path: Path, cases: Sequence[str]) -> list[dict[str, np.ndarray]]:
     with h5py.File(path, "r") as f:
+        if int(f.attrs.get("num_cases", -1)) != len(f.keys()):
+            raise ValueError("incomplete cache file")
         return [{name: f[case][name][()] for name in f[case]} for case in cases]

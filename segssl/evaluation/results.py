@@ -2,9 +2,10 @@
 
 ``results.json`` has a fixed schema so ``report`` and later comparisons can read any run:
 ``split``, ``checkpoint``, ``protocol``, ``models`` (name -> ``aggregate`` dict), ``config``,
-``created`` (plus ``extra`` only when given). Files are written atomically (temp file in the
-same folder, then ``os.replace``) so an interrupted run never leaves a half-written file, and
-existing files are not overwritten unless asked: results of an earlier run are evidence.
+``created`` (plus ``extra`` only when given). Files are written atomically with
+``segssl.utils.atomic`` (temp file in the same folder, then ``os.replace``), so an interrupted
+run never leaves a half-written file and files get the user's normal permissions; existing
+files are not overwritten unless asked: results of an earlier run are evidence.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from segssl.evaluation.metrics import EMPTY_MASK_POLICY, METRIC_NAMES
+from segssl.utils.atomic import write_text
 
 RESULTS_FILENAME = "results.json"
 RESULTS_KEYS = ("split", "checkpoint", "protocol", "models", "config", "created")
@@ -48,9 +49,15 @@ def write_results(
     models: Mapping[str, Mapping[str, Any]],
     config: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
+    evaluations: Mapping[str, Mapping[str, Any]] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``results.json`` atomically and return its path.
+
+    The top-level ``checkpoint`` / ``models`` are the selected checkpoint's (best on validation,
+    or the last one when no validation ran); ``evaluations`` holds every checkpoint tested, each
+    under its label (``best``, ``last``) with its own ``checkpoint``, ``selection`` and
+    ``models``, so a reader never mixes them.
 
     ``path`` is the file, or an existing folder to write ``results.json`` into. ``protocol``
     gets ``empty_mask_policy`` filled in when absent, since every number depends on it.
@@ -69,6 +76,10 @@ def write_results(
     }
     if extra is not None:
         payload["extra"] = dict(extra)
+    if evaluations is not None:
+        for evaluation in evaluations.values():
+            _check_models(evaluation["models"])
+        payload["evaluations"] = {str(k): dict(v) for k, v in evaluations.items()}
     text = json.dumps(payload, indent=2, default=_json_default) + "\n"
     _atomic_write_text(target, text)
     return target
@@ -77,10 +88,15 @@ def write_results(
 def read_results(path: str | os.PathLike) -> dict[str, Any]:
     """Load a ``results.json`` (file or its folder), checking the required keys are there."""
     target = _results_path(path)
-    results = json.loads(target.read_text())
+    try:
+        results = json.loads(target.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{target}: not a readable results file (invalid JSON: {err})") from err
+    if not isinstance(results, dict):
+        raise ValueError(f"{target}: not a segssl results file (a JSON {type(results).__name__})")
     missing = [k for k in RESULTS_KEYS if k not in results]
     if missing:
-        raise ValueError(f"path: {target} is not a segssl results file, missing keys {missing}")
+        raise ValueError(f"{target}: not a segssl results file, missing keys {missing}")
     return results
 
 
@@ -199,18 +215,9 @@ def _refuse_overwrite(target: Path, overwrite: bool) -> None:
 
 
 def _atomic_write_text(target: Path, text: str) -> None:
-    """Write to a temp file beside ``target`` and rename it over, so readers never see a part."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Through the shared atomic writer: readers never see a part, the file gets the user's
+    normal permissions (umask), and a full disk is said in words."""
+    write_text(target, text)
 
 
 def _json_default(value: Any) -> Any:

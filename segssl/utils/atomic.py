@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +27,10 @@ _REASONS = {
 class WriteError(OSError):
     """A write that failed for a reason the user must act on (disk full, read-only output)."""
 
+    def __str__(self) -> str:
+        # the sentence alone: it already names the file (OSError would append it again)
+        return self.strerror or super().__str__()
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -32,9 +38,49 @@ def _umask() -> int:
     return mask
 
 
+def _writer_tag() -> str:
+    """Host and pid of this writer, so a later run can tell a dead writer's leftovers from a
+    live writer's file (on a folder shared between machines too)."""
+    host = re.sub(r"[^A-Za-z0-9]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}_{os.getpid()}"
+
+
 def temporary_sibling(target: Path, suffix: str = ".tmp") -> Path:
-    """A hidden name beside ``target`` on the same file system (so the rename is atomic)."""
-    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}{suffix}")
+    """A hidden name beside ``target`` on the same file system (so the rename is atomic),
+    tagged with the writer's host and pid (see ``remove_stale_temporaries``)."""
+    return target.with_name(f".{target.name}.{_writer_tag()}_{uuid.uuid4().hex[:8]}{suffix}")
+
+
+# a temporary file of ``atomic_path`` (staging folders are never removed: they may hold the
+# only copy of data during a swap)
+_TEMPORARY = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)_(?P<pid>\d+)_[0-9a-f]{8}(\.[^./]+)*\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files in ``folder`` left by writers that died (killed mid-write) on
+    this host; another host's or a live process's are kept. Returns those removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host = _writer_tag().rsplit("_", 1)[0]
+    removed = []
+    for path in folder.iterdir():
+        match = _TEMPORARY.match(path.name)
+        if not match or match["host"] != host or _alive(int(match["pid"])) or path.is_dir():
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def explain(err: BaseException, target: Path) -> BaseException:
@@ -43,7 +89,7 @@ def explain(err: BaseException, target: Path) -> BaseException:
     code = getattr(err, "errno", None)
     text = str(err)
     if code not in _REASONS:
-        for candidate, reason in _REASONS.items():
+        for candidate in _REASONS:
             if os.strerror(candidate) in text or f"errno = {candidate}" in text.lower():
                 code = candidate
                 break

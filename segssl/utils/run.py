@@ -34,9 +34,24 @@ def save_evaluation(
     checkpoint: str,
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    evaluations: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """Write results.json and per_case.csv into ``output_dir`` and print the table."""
+    """Write results.json and per_case.csv into ``output_dir`` and print the table.
+
+    ``evaluations`` (label -> {checkpoint, selection, summary}) are the checkpoints tested by
+    ``train``: each is stored under its label in results.json, and its per-volume rows in
+    ``per_case_<label>.csv`` (``per_case.csv`` stays the selected checkpoint's)."""
     path = output_dir / "results.json"
+    stored = None
+    if evaluations:
+        stored = {
+            label: {
+                "checkpoint": str(e["checkpoint"]),
+                "selection": e["selection"],
+                "models": e["summary"]["models"],
+            }
+            for label, e in evaluations.items()
+        }
     write_results(
         path,
         split=split,
@@ -45,9 +60,16 @@ def save_evaluation(
         models=summary["models"],
         config=config,
         extra=extra,
+        evaluations=stored,
     )
     write_per_case_csv(output_dir / "per_case.csv", summary["rows"])
+    for label, evaluation in (evaluations or {}).items():
+        write_per_case_csv(output_dir / f"per_case_{label}.csv", evaluation["summary"]["rows"])
     table = format_results_table(read_results(path))
     print(table, flush=True)
+    for label, evaluation in (evaluations or {}).items():
+        if evaluation["checkpoint"] != checkpoint:
+            print(f"{label} checkpoint ({Path(evaluation['checkpoint']).name}):", flush=True)
+            print(format_results_table({**read_results(path), **stored[label]}), flush=True)
     log.info("Results written to %s", path)
     return path

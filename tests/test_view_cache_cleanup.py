@@ -1,0 +1,162 @@
+"""A killed view-cache build leaves no workers and no temporary file, and no partial cache is
+ever trusted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from segssl.data.view_cache import load_or_build
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+SECONDS_PER_IMAGE = 0.5
+
+
+def slow_views(image: np.ndarray) -> dict[str, np.ndarray]:
+    """Stands for the DSAIF filter of a large image (seconds of work per image)."""
+    time.sleep(SECONDS_PER_IMAGE)
+    return {"max": image + 1, "min": image - 1}
+
+
+BUILD = """
+import sys
+import numpy as np
+from pathlib import Path
+from segssl.data.view_cache import load_or_build
+import tests.test_view_cache_cleanup as helpers
+
+helpers.SECONDS_PER_IMAGE = 60.0  # longer than the test waits: only a kill ends a worker
+if sys.argv[2] == "handlers":  # as train does
+    from segssl.utils.signals import install_stop_handlers
+
+    install_stop_handlers()
+items = [{"case": f"c{i}", "image": np.full((8, 8), i, np.float32)} for i in range(200)]
+load_or_build(Path(sys.argv[1]), "key", items, helpers.slow_views, num_workers=2)
+"""
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie is reaped by init, if ever)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def start_build(cache_dir: Path, handlers: bool) -> tuple[subprocess.Popen, list[int]]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-c", BUILD, str(cache_dir), "handlers" if handlers else "none"]
+    process = subprocess.Popen(args, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        workers = children(process.pid)
+        if len(workers) >= 2:
+            time.sleep(1.0)  # the workers are busy
+            return process, workers
+        assert process.poll() is None, "the build ended before its workers started"
+        time.sleep(0.2)
+    process.kill()
+    pytest.fail("no pool workers within the time limit")
+
+
+def wait_gone(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.time() + seconds
+    while time.time() < deadline and any(running(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if running(p)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_die_with_a_killed_parent(tmp_path):
+    process, workers = start_build(tmp_path / "cache", handlers=False)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    left = wait_gone(workers, 5)
+    for pid in left:  # never leave them behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their SIGKILLed parent"
+
+
+def test_sigterm_stops_the_build_and_its_workers(tmp_path):
+    process, workers = start_build(tmp_path / "cache", handlers=True)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    took = time.monotonic() - sent
+    left = wait_gone(workers, 5)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert process.returncode == 143
+    assert took < 10, f"took {took:.1f} s to stop"
+    assert not left, f"workers {left} outlived the stopped build"
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from segssl.utils.atomic import atomic_path
+with atomic_path(Path(sys.argv[1]) / "key.h5") as tmp:
+    tmp.write_bytes(b"half a cache")
+    print(tmp, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_build(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(cache)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    orphan = Path(writer.stdout.readline().strip())
+    # a live writer's temporary is left alone
+    items = [{"case": f"c{i}", "image": np.full((4, 4), i, np.float32)} for i in range(3)]
+    load_or_build(cache, "other", items, lambda im: {"max": im}, num_workers=1)
+    assert orphan.is_file()
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert orphan.is_file()  # what a killed write leaves behind
+
+    views = load_or_build(cache, "key", items, lambda im: {"max": im * 2}, num_workers=1)
+    assert not orphan.exists()
+    assert sorted(p.name for p in cache.iterdir()) == ["key.h5", "other.h5"]
+    assert [v["max"][0, 0] for v in views] == [0, 2, 4]
+
+
+def test_a_cache_without_its_completion_mark_is_rebuilt(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    items = [{"case": f"c{i}", "image": np.full((4, 4), i, np.float32)} for i in range(2)]
+    with h5py.File(cache / "key.h5", "w") as f:  # e.g. an older or damaged partial file
+        f.create_group("c0").create_dataset("max", data=np.full((4, 4), -7, np.float32))
+        f.create_group("c1").create_dataset("max", data=np.full((4, 4), -7, np.float32))
+    views = load_or_build(cache, "key", items, lambda im: {"max": im + 10}, num_workers=1)
+    assert [v["max"][0, 0] for v in views] == [10, 11]
+    # and the rebuilt file is trusted the next time
+    again = load_or_build(cache, "key", items, lambda im: pytest.fail("rebuilt"), num_workers=1)
+    assert [v["max"][0, 0] for v in again] == [10, 11]
