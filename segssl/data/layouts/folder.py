@@ -14,34 +14,67 @@ Layout under ``root``::
 along that axis. The labeled subset is the first ``data.labeled`` cases of ``train.list`` that
 have a label file. Each volume's intensities are normalised on read (``normalize``); the voxel
 spacing (mm) comes from the NIfTI header.
+
+With ``cache`` (the default) each case is decoded, checked and normalised once, in threads, into
+uncompressed ``.npy`` files under ``cache_dir`` (default ``<root>/.cache``; see
+``segssl.data.preprocessed``), stored with the slice axis first for 2-D training so that a slice
+is one contiguous block; training then reads slices and patches from memory maps instead of
+decompressing a whole ``.nii.gz`` per sample, and memory stays bounded by the OS page cache.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from monai.transforms import NormalizeIntensity, ScaleIntensity
 
+from segssl.data.preprocessed import (
+    CaseJob,
+    Entry,
+    Prepared,
+    PreprocessedCache,
+    ensure_open_files,
+)
 from segssl.data.readers import DataError, Sample, check_sample, read_list
+from segssl.utils.atomic import WriteError
 
 SPLITS = ("train", "val", "test")
-NORMALIZERS = {
-    "zscore": NormalizeIntensity(),  # per volume, as UA-MT's LA preprocessing
-    "minmax": ScaleIntensity(minv=0.0, maxv=1.0),  # per volume, as SSL4MIS's ACDC
-    "none": None,
-}
+# per-volume intensity normalisation: zscore as UA-MT's LA preprocessing, minmax (to [0, 1]) as
+# SSL4MIS's ACDC; MONAI's transforms, imported on use (a cache hit needs no MONAI or torch)
+NORMALIZERS = ("zscore", "minmax", "none")
 _SLICE_ID = re.compile(r"^(?P<case>.+)_slice_(?P<index>\d+)$")
+# Bump when what the cache stores for a case changes (reading, checks, normalisation, axes), so
+# that entries of the older code are rebuilt rather than trusted.
+PREPROCESS_VERSION = "folder-1"
 
 
 class FolderLayout:
     """Paths, splits and reading of a NIfTI folder; the only place that knows these names."""
 
     def __init__(
-        self, root: str | Path, dims: int = 2, slice_axis: int = 2, normalize: str = "zscore"
+        self,
+        root: str | Path,
+        dims: int = 2,
+        slice_axis: int = 2,
+        normalize: str = "zscore",
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+        workers: int | None = None,
     ) -> None:
+        """Args:
+        root: the folder holding imagesTr/, labelsTr/ and the split lists.
+        dims: 2 to train on slices along ``slice_axis``, 3 on patches of whole volumes.
+        slice_axis: the volume axis (0, 1 or 2) slices are taken along for 2-D.
+        normalize: per-volume intensity normalisation: zscore, minmax or none.
+        cache: preprocess each case once into memory-mappable ``.npy`` files (False: decode
+            the NIfTI files on every read, keeping only the last volume).
+        cache_dir: where the preprocessed cases go (default ``<root>/.cache``).
+        workers: threads that preprocess cases (default: the CPU count, at most 8).
+        """
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataError(f"data root not found: {self.root} (set data.root=PATH)")
@@ -53,8 +86,31 @@ class FolderLayout:
             raise DataError(
                 f"data.layout_options.normalize={normalize!r}: expected one of {list(NORMALIZERS)}"
             )
+        if not isinstance(cache, bool):
+            raise DataError(f"data.layout_options.cache={cache!r}: expected true or false")
+        if workers is not None and (
+            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+        ):
+            raise DataError(f"data.layout_options.workers={workers!r}: expected an int >= 1")
         self.train_ndim, self.slice_axis, self.normalize = dims, slice_axis, normalize
-        self._cached: tuple[str, Sample] | None = None  # the last volume read (slices share it)
+        # stored axis order: slice axis first for 2-D (a slice is contiguous), as read for 3-D
+        self.axes = (
+            (slice_axis, *(a for a in range(3) if a != slice_axis)) if dims == 2 else (0, 1, 2)
+        )
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / ".cache"
+        self.workers = workers
+        self._store = (
+            PreprocessedCache(
+                self.cache_dir / "folder",
+                PREPROCESS_VERSION,
+                {"slice_axis": slice_axis, "normalize": normalize, "axes": list(self.axes)},
+            )
+            if cache
+            else None
+        )
+        self._entries: dict[str, Entry] = {}  # memory-mapped cases opened so far
+        self._prepared = False
+        self._cached: tuple[str, Sample] | None = None  # uncached: the last volume read
 
     # -- names ------------------------------------------------------------------------------
     def list_path(self, split: str) -> Path:
@@ -133,15 +189,42 @@ class FolderLayout:
     # -- reading ----------------------------------------------------------------------------
     def load(self, split: str, item_id: str, *, num_classes: int, require_label: bool) -> Sample:
         """A training item (patch source volume or slice) or an evaluation volume; for 2-D
-        evaluation the slice axis is moved first, the order slice-wise inference expects."""
+        evaluation the slice axis is moved first, the order slice-wise inference expects.
+        From the cache these are memory maps (copy-on-write), else arrays in memory."""
         case, index = self._case_of(split, item_id)
+        if self._store is None:
+            return self._load_decoded(split, item_id, case, index, num_classes, require_label)
+        entry = self._entry(case)
+        image, label = entry.arrays["image"], entry.arrays.get("label")
+        label_path = self.label_path(case)
+        if label is None and require_label:
+            raise DataError(f"{label_path}: label file not found for case {case!r}")
+        if label is not None:
+            check_label_range(label_path, *entry.info["label_range"], num_classes=num_classes)
+        if index is not None:  # stored slice axis first: slice k is one contiguous block
+            return Sample(
+                case=item_id, image=image[index], label=None if label is None else label[index]
+            )
+        spacing = tuple(float(entry.info["spacing"][a]) for a in self.axes)
+        return Sample(case=case, image=image, label=label, spacing=spacing)
+
+    def _load_decoded(
+        self,
+        split: str,
+        item_id: str,
+        case: str,
+        index: int | None,
+        num_classes: int,
+        require_label: bool,
+    ) -> Sample:
+        """``cache=false``: decode the NIfTI files (the last volume is kept for its slices)."""
         volume = self._volume(case, num_classes, require_label)
         if index is not None:
             image = np.take(volume.image, index, axis=self.slice_axis)
             label = None if volume.label is None else np.take(volume.label, index, self.slice_axis)
             return Sample(case=item_id, image=np.ascontiguousarray(image), label=label)
         if split != "train" and self.train_ndim == 2:
-            axes = [self.slice_axis, *(a for a in range(3) if a != self.slice_axis)]
+            axes = self.axes
             return Sample(
                 case=case,
                 image=np.ascontiguousarray(volume.image.transpose(axes)),
@@ -153,50 +236,27 @@ class FolderLayout:
     def _volume(self, case: str, num_classes: int, require_label: bool) -> Sample:
         if self._cached is not None and self._cached[0] == case:
             return self._cached[1]
-        path = self.image_path(case)
-        image, spacing = self._read(path)
-        normalize = NORMALIZERS[self.normalize]
-        image = np.asarray(image if normalize is None else normalize(image), dtype=np.float32)
-        label = None
         label_path = self.label_path(case)
-        if label_path.is_file():
-            label, _ = self._read(label_path)
-            if not np.array_equal(label, np.rint(label)):
-                raise DataError(f"{label_path}: non-integer label values, expected class indices")
-            label = label.astype(np.int64)
-        elif require_label:
+        if not label_path.is_file() and require_label:
             raise DataError(f"{label_path}: label file not found for case {case!r}")
-        check_sample(
-            label_path if label is not None else path,
-            image,
-            label,
-            num_classes=num_classes,
-            expected_ndim=3,
+        image, label, spacing = read_case(
+            self.image_path(case),
+            label_path if label_path.is_file() else None,
+            self.slice_axis,
+            self.normalize,
         )
-        label = None if label is None else label.astype(np.uint8)
+        if label is not None:
+            lo, hi = label_range(label)
+            check_label_range(label_path, lo, hi, num_classes=num_classes)
+            label = label.astype(np.uint8)
         sample = Sample(case=case, image=image, label=label, spacing=spacing)
         self._cached = (case, sample)
         return sample
 
-    def _read(self, path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-        """A NIfTI file as a 3-D float32 array (2-D images get a slice axis) and its spacing."""
-        try:
-            nifti = nib.load(str(path))
-            array = np.asarray(nifti.get_fdata(dtype=np.float32))
-        except Exception as err:  # nibabel raises several types for unreadable files
-            raise DataError(f"{path}: cannot read as NIfTI ({err})") from err
-        spacing = [float(z) for z in nifti.header.get_zooms()[: array.ndim]]
-        if array.ndim == 2:
-            array = np.expand_dims(array, self.slice_axis)
-            spacing.insert(self.slice_axis, 1.0)
-        if array.ndim != 3:
-            raise DataError(
-                f"{path}: shape {array.shape}, expected a single-channel 2-D or 3-D image"
-            )
-        return array, tuple(spacing)
-
     def _volume_shape(self, case: str) -> tuple[int, ...]:
-        """Shape from the header only (no voxel data read), as a 3-D shape."""
+        """The case's 3-D shape: from the cache, else from the header only (no voxel data)."""
+        if self._store is not None:
+            return tuple(self._entry(case).info["shape"])
         path = self.image_path(case)
         try:
             shape = tuple(int(s) for s in nib.load(str(path)).shape)
@@ -207,3 +267,124 @@ class FolderLayout:
         if len(shape) != 3:
             raise DataError(f"{path}: shape {shape}, expected a single-channel 2-D or 3-D image")
         return shape
+
+    # -- the preprocessed cache -------------------------------------------------------------
+    def _job(self, case: str) -> CaseJob:
+        label = self.label_path(case)
+        return self._store.job(case, (self.image_path(case), label if label.is_file() else None))
+
+    def _prepare(self, jobs: list[CaseJob]) -> None:
+        workers = self.workers or max(1, min(8, os.cpu_count() or 1))
+        prepare = partial(
+            prepare_case, slice_axis=self.slice_axis, normalize=self.normalize, axes=self.axes
+        )
+        try:
+            self._store.ensure(jobs, prepare, workers, desc=f"Preprocessing {self.root.name}")
+        except WriteError as err:
+            raise DataError(
+                f"{err}: the preprocessed cache cannot be written; set "
+                "data.layout_options.cache_dir=PATH to a writable folder (or "
+                "data.layout_options.cache=false to decode the NIfTI files on every read)"
+            ) from err
+
+    def prepare_all(self) -> None:
+        """Preprocess every case the split lists name (that has an image) in one parallel
+        pass; missing files are left to ``check_files`` to report."""
+        if self._prepared or self._store is None:
+            return
+        cases = dict.fromkeys(c for s in SPLITS if self.has_split(s) for c in self.cases(s))
+        jobs = [self._job(c) for c in cases if self.image_path(c).is_file()]
+        self._prepare(jobs)
+        ensure_open_files(2 * len(jobs))
+        self._prepared = True
+
+    def _entry(self, case: str) -> Entry:
+        """The case's memory-mapped arrays, preprocessed first if needed."""
+        if case in self._entries:
+            return self._entries[case]
+        self.prepare_all()
+        if not self.image_path(case).is_file():
+            raise DataError(f"{self.image_path(case)}: image file not found for case {case!r}")
+        job = self._job(case)
+        entry = self._store.open(job)
+        if entry is None:  # a case outside the lists, or a file changed since prepare_all
+            self._prepare([job])
+            entry = self._store.open(job)
+        if entry is None:
+            raise DataError(f"{job.entry}: preprocessed case {case!r} cannot be read back")
+        self._entries[case] = entry
+        return entry
+
+
+# -- reading and checking one case (shared by the cached and the decoding path) ----------------
+def read_nifti(path: Path, slice_axis: int) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A NIfTI file as a 3-D float32 array (2-D images get a slice axis) and its spacing."""
+    try:
+        nifti = nib.load(str(path))
+        array = np.asarray(nifti.get_fdata(dtype=np.float32))
+    except Exception as err:  # nibabel raises several types for unreadable files
+        raise DataError(f"{path}: cannot read as NIfTI ({err})") from err
+    spacing = [float(z) for z in nifti.header.get_zooms()[: array.ndim]]
+    if array.ndim == 2:
+        array = np.expand_dims(array, slice_axis)
+        spacing.insert(slice_axis, 1.0)
+    if array.ndim != 3:
+        raise DataError(f"{path}: shape {array.shape}, expected a single-channel 2-D or 3-D image")
+    return array, tuple(spacing)
+
+
+def read_case(
+    image_path: Path, label_path: Path | None, slice_axis: int, normalize: str
+) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...]]:
+    """A case's normalised float32 image, its int64 label (or None) and spacing, checked for
+    everything but the label range (which depends on ``data.num_classes``)."""
+    image, spacing = read_nifti(image_path, slice_axis)
+    if normalize == "zscore":
+        from monai.transforms import NormalizeIntensity
+
+        image = NormalizeIntensity()(image)
+    elif normalize == "minmax":
+        from monai.transforms import ScaleIntensity
+
+        image = ScaleIntensity(minv=0.0, maxv=1.0)(image)
+    image = np.asarray(image, dtype=np.float32)
+    label = None
+    if label_path is not None:
+        label, _ = read_nifti(label_path, slice_axis)
+        if not np.array_equal(label, np.rint(label)):
+            raise DataError(f"{label_path}: non-integer label values, expected class indices")
+        label = label.astype(np.int64)
+    # the range check needs num_classes: here a bound no label reaches
+    check_sample(label_path or image_path, image, None, num_classes=1, expected_ndim=3)
+    if label is not None and label.shape != image.shape:
+        raise DataError(f"{label_path}: 'label' shape {label.shape} != 'image' shape {image.shape}")
+    return image, label, spacing
+
+
+def label_range(label: np.ndarray) -> tuple[int, int]:
+    return (int(label.min()), int(label.max())) if label.size else (0, 0)
+
+
+def check_label_range(path: Path, lo: int, hi: int, *, num_classes: int) -> None:
+    if lo < 0 or hi >= num_classes:
+        raise DataError(
+            f"{path}: 'label' values span [{lo}, {hi}], expected classes 0..{num_classes - 1} "
+            f"(data.num_classes={num_classes})"
+        )
+
+
+def prepare_case(
+    job: CaseJob, *, slice_axis: int, normalize: str, axes: tuple[int, int, int]
+) -> Prepared:
+    """What the cache stores for a case: image (float32) and label (uint8 when its values fit)
+    in ``axes`` order, with the original shape, spacing and label range."""
+    image_path, label_path = job.sources
+    image, label, spacing = read_case(image_path, label_path, slice_axis, normalize)
+    arrays = {"image": image.transpose(axes)}
+    info: dict = {"shape": list(image.shape), "spacing": list(spacing)}
+    if label is not None:
+        lo, hi = label_range(label)
+        dtype = np.uint8 if lo >= 0 and hi <= 255 else np.int64
+        arrays["label"] = label.astype(dtype).transpose(axes)
+        info["label_range"] = [lo, hi]
+    return Prepared(arrays, info)
