@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -85,24 +86,30 @@ class VolumeEvaluator:
         sample: Mapping[str, Any],
         device: torch.device,
         ensembles: Mapping[str, Sequence[str]] | None = None,
+        observe: Callable[[Mapping[str, np.ndarray]], None] | None = None,
     ) -> dict[str, dict]:
         """Score one volume for every model. An ensemble is the mean of its members'
-        probabilities, computed from theirs rather than by running the networks again."""
+        probabilities, computed from theirs rather than by running the networks again.
+        ``observe`` gets every model's label map of the volume, for metrics that compare
+        models (the error consensus) without predicting twice."""
         probs = {
             name: self.predict(fn, sample["image"], device) for name, fn in predict_fns.items()
         }
         for name, members in (ensembles or {}).items():
             probs[name] = torch.stack([probs[m] for m in members]).mean(0)
+        labels = {name: probs_to_labels(p, self.threshold) for name, p in probs.items()}
+        if observe is not None:
+            observe(labels)
         spacing = sample.get("spacing") if self.use_spacing else None
         per_model = {
             name: case_metrics(
-                probs_to_labels(p, self.threshold),
+                labels[name],
                 sample["label"],
                 self.num_classes,
                 spacing=spacing,
                 class_names=self.class_names,
             )
-            for name, p in probs.items()
+            for name in probs
         }
         self._cases.append({"case": sample["case"], "mm": spacing is not None, "models": per_model})
         return per_model

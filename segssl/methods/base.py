@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from itertools import combinations
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
@@ -16,6 +18,7 @@ from torch import nn
 
 from segssl.evaluation.evaluator import VolumeEvaluator
 from segssl.evaluation.inference import ensemble_predict_fn
+from segssl.evaluation.overlap_metrics import Agreement, ErrorConsensus, ForegroundDice
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -77,6 +80,15 @@ class SegmentationMethod(pl.LightningModule):
         self._compiled: dict[str, Callable] = {}
         self.num_classes, self.class_names = num_classes, list(class_names)
         self.evaluator = VolumeEvaluator(num_classes, self.class_names, **evaluation)
+        # on-device metrics (torchmetrics: counts stay on the device, summed across DDP ranks on
+        # compute). Their states are not saved: checkpoints keep only tensors of the networks,
+        # and checkpoints from before these metrics still load strictly.
+        self.train_dice = nn.ModuleDict(
+            {name: ForegroundDice(num_classes) for name in self.network_names}
+        )
+        self.train_agreement = Agreement()
+        self.consensus_pairs = {f"{a}-{b}": (a, b) for a, b in combinations(self.network_names, 2)}
+        self.error_consensus = nn.ModuleDict({k: ErrorConsensus() for k in self.consensus_pairs})
         self.evaluation_results: dict[str, dict] = {}
         # name under which test metrics are logged ("test_on_val" when the data has no test split)
         self.evaluation_stage = "test"
@@ -130,7 +142,32 @@ class SegmentationMethod(pl.LightningModule):
         size = batch["labeled"]["image_1"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
+        self._log_training_metrics()
         return losses["loss"]
+
+    def track_labeled(self, name: str, logits: torch.Tensor, label: torch.Tensor) -> None:
+        """Count network ``name``'s labeled-batch Dice (``logits`` (B, C, ...), ``label``
+        (B, 1, ...)) towards ``train/dice_<name>``."""
+        with torch.no_grad():
+            self.train_dice[name].update(logits.detach().argmax(1), label[:, 0])
+
+    def track_agreement(self, logits_a: torch.Tensor, logits_b: torch.Tensor) -> None:
+        """Count where two networks' argmax agree on unlabeled pixels (``train/agreement``)."""
+        with torch.no_grad():
+            self.train_agreement.update(logits_a.detach().argmax(1), logits_b.detach().argmax(1))
+
+    def _log_training_metrics(self) -> None:
+        """Log Dice and agreement once per logging interval, pooled over the steps since the last
+        log and summed across ranks: the steps in between read nothing back from the device."""
+        every = max(int(self.trainer.log_every_n_steps), 1)
+        if (self.global_step + 1) % every:
+            return
+        metrics = {f"train/dice_{name}": m for name, m in self.train_dice.items()}
+        metrics["train/agreement"] = self.train_agreement
+        for key, metric in metrics.items():
+            if metric.update_count:  # the same on every rank: each runs the same steps
+                self.log(key, metric.compute(), on_step=True, on_epoch=False)
+                metric.reset()
 
     def configure_optimizers(self) -> dict:
         """One optimiser, one parameter group per network: the same update as SSL4MIS's one
@@ -153,13 +190,30 @@ class SegmentationMethod(pl.LightningModule):
 
     # -- evaluation --------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.evaluator.add_case(self.predict_fns(), batch, self.device, self.ensembles())
+        self.evaluator.add_case(
+            self.predict_fns(),
+            batch,
+            self.device,
+            self.ensembles(),
+            observe=partial(self._track_error_consensus, batch),
+        )
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.evaluator.add_case(self.predict_fns(), batch, self.device, self.ensembles())
+    test_step = validation_step
+
+    def _track_error_consensus(self, sample: dict, labels: dict[str, np.ndarray]) -> None:
+        """Count the overlap of each network pair's errors on one volume, on the device."""
+        if not self.consensus_pairs:
+            return
+        reference = torch.as_tensor(np.asarray(sample["label"]), device=self.device)
+        maps = {n: torch.as_tensor(m, device=self.device) for n, m in labels.items()}
+        for key, (a, b) in self.consensus_pairs.items():
+            if a in maps and b in maps:
+                self.error_consensus[key].update(maps[a], maps[b], reference, str(sample["case"]))
 
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()
+        for metric in self.error_consensus.values():
+            metric.reset()
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -184,6 +238,9 @@ class SegmentationMethod(pl.LightningModule):
                 metrics[f"{stage}/{model_name}/{metric}"] = value
             for cls, values in result["per_class"].items():
                 metrics[f"{stage}/{model_name}/dice_{cls}"] = values["dice"]
+        for key, metric in self.error_consensus.items():
+            if metric.update_count:  # compute() sums the counts of all ranks
+                metrics[f"{stage}/error_consensus/{key}"] = metric.compute()
         self.log_dict({k: float(v) for k, v in metrics.items()})
         if summary["models"]:
             selected = summary["models"][self.selection_model]["mean"]["dice"]

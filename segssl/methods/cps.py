@@ -42,9 +42,12 @@ class CrossPseudoSupervision(SegmentationMethod):
         sup_1 = self.supervised_loss(logits_1[:n], labeled["label"])
         sup_2 = self.supervised_loss(logits_2[:n], labeled["label"])
         losses = {"sup_1": sup_1, "sup_2": sup_2}
+        self.track_labeled("net1", logits_1[:n], labeled["label"])
+        self.track_labeled("net2", logits_2[:n], labeled["label"])
         loss = sup_1 + sup_2
         if unlabeled is not None:
             u1, u2 = logits_1[n:].float(), logits_2[n:].float()
+            self.track_agreement(u1, u2)
             cps = F.cross_entropy(u1, u2.argmax(1).detach()) + F.cross_entropy(
                 u2, u1.argmax(1).detach()
             )

@@ -62,12 +62,14 @@ class MeanTeacher(SegmentationMethod):
         logits = self.run_network("student", inputs)
         loss = self.supervised_loss(logits[:n], labeled["label"])
         losses = {"sup": loss}
+        self.track_labeled("student", logits[:n], labeled["label"])
         if unlabeled is not None:
             teacher_input = unlabeled["image_2"]
             noise = torch.randn_like(teacher_input) * self.noise_std
             teacher_input = teacher_input + noise.clamp(-self.noise_clip, self.noise_clip)
             with torch.no_grad():
                 target = torch.softmax(self.run_network("teacher", teacher_input).float(), dim=1)
+            self.track_agreement(logits[n:], target)
             consistency = torch.mean((torch.softmax(logits[n:].float(), dim=1) - target) ** 2)
             weight = self.consistency * sigmoid_rampup(self.global_step, self.rampup_steps)
             loss = loss + weight * consistency

@@ -18,5 +18,6 @@ class Supervised(SegmentationMethod):
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         labeled = batch["labeled"]
-        loss = self.supervised_loss(self.run_network("net", labeled["image_1"]), labeled["label"])
-        return {"loss": loss}
+        logits = self.run_network("net", labeled["image_1"])
+        self.track_labeled("net", logits, labeled["label"])
+        return {"loss": self.supervised_loss(logits, labeled["label"])}
