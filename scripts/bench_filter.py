@@ -24,8 +24,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from segssl.filters import dual_tree_filter
-from segssl.filters.reference import reference_dual_tree_filter, reference_graph
 from segssl.filters.tree_filter import check_connectivity
+
+# the plain reference filter is test code (not installed with segssl): import it from the checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.reference_filter import reference_dual_tree_filter, reference_graph  # noqa: E402
 
 SLICE_SHAPE = (256, 256)
 CROP_SHAPE = (112, 112, 80)
@@ -256,7 +259,7 @@ def pipeline_benchmark(
     import torch
 
     from segssl.data.transforms import slice_train_transforms
-    from segssl.data.views import dsaif_views
+    from segssl.filters.views import dsaif_views
 
     torch.set_num_threads(1)
     fly_views = dsaif_views(area_threshold=area_threshold)

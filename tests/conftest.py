@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from segssl.config import config_dir
+from segssl.commands.hydra_app import config_dir
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -93,9 +93,9 @@ def run_task(tmp_path: Path, tiny_data_dir: Path):
         output_dir = tmp_path / name
         cfg = compose_config(task, overrides, output_dir, tiny_data_dir)
         if task == "train":
-            from segssl.train import train as fn
+            from segssl.commands.train import train as fn
         else:
-            from segssl.evaluate import test as fn
+            from segssl.commands.test import test as fn
         result = fn(cfg)
         return output_dir, result, cfg
 

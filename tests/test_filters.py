@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from segssl.commands.filter import main as filter_cli
 from segssl.filters import (
     dequantise,
     dual_tree_filter,
@@ -37,14 +38,14 @@ from segssl.filters import (
     quantise,
     tree_filter,
 )
-from segssl.filters.cli import main as filter_cli
 from segssl.filters.panel import (
     PANEL_TITLES,
     build_filter_panel,
     load_image_for_panel,
     render_filter_panel,
 )
-from segssl.filters.reference import (
+from segssl.filters.tree_filter import padded_grid_graph
+from tests.reference_filter import (
     naive_filter_levels,
     naive_tree_filter,
     reference_dual_tree_filter,
@@ -52,7 +53,6 @@ from segssl.filters.reference import (
     reference_graph,
     reference_tree_filter,
 )
-from segssl.filters.tree_filter import padded_grid_graph
 
 SHARED = Path(
     os.environ.get("SEGSSL_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -581,12 +581,18 @@ def test_load_image_for_panel_formats(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "vol.nii.gz")
     assert np.array_equal(load_image_for_panel(tmp_path / "vol.nii.gz", 4), volume[..., 4])
 
-    rgb = np.zeros((6, 7, 3), dtype=np.float32)
-    rgb[..., 1] = 1.0
-    mpimg.imsave(tmp_path / "img.png", rgb)
+    # one PNG rule with predict (segssl.data.image_io): grey stored as RGB is read as its grey
+    # values, a colour image is refused
+    grey = (np.arange(42).reshape(6, 7) * 6).astype(np.uint8)
+    mpimg.imsave(tmp_path / "img.png", np.repeat(grey[..., None], 3, axis=2))
     gray = load_image_for_panel(tmp_path / "img.png")
     assert gray.shape == (6, 7) and gray.dtype == np.float32
-    assert np.allclose(gray, 0.587, atol=1e-3)
+    assert np.array_equal(gray, grey)
+    rgb = np.zeros((6, 7, 3), dtype=np.float32)
+    rgb[..., 1] = 1.0
+    mpimg.imsave(tmp_path / "colour.png", rgb)
+    with pytest.raises(ValueError, match=r"colour\.png: colour PNG"):
+        load_image_for_panel(tmp_path / "colour.png")
 
 
 def test_load_image_for_panel_errors(tmp_path: Path) -> None:

@@ -17,12 +17,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict, read_write
 from PIL import Image
 
-from segssl import evaluate
-from segssl.cli import main, remove_bookkeeping_only_run_folder
+from segssl.cli import main
+from segssl.commands import test as test_command
+from segssl.commands.hydra_app import remove_bookkeeping_only_run_folder
+from segssl.commands.predict import PartialPredictionError, predict_files
+from segssl.commands.report import write_report
 from segssl.data.readers import DataError
 from segssl.evaluation.results import write_per_case_csv, write_results
-from segssl.predict import PartialPredictionError, predict_files
-from segssl.report import write_report
 from tests.conftest import compose_config
 from tests.test_report import aggregate, fake_run
 from tests.test_trust import checkpoint, image, write_checkpoint  # noqa: F401 - fixtures
@@ -32,7 +33,7 @@ from tests.test_trust import checkpoint, image, write_checkpoint  # noqa: F401 -
 def test_split_train_of_a_slice_layout_is_refused_clearly(checkpoint, tmp_path):  # noqa: F811
     cfg = compose_config("test", [f"ckpt_path={checkpoint}", "split=train"], tmp_path / "run")
     with pytest.raises(DataError, match=r"split=train: data\.layout='ssl4mis' trains on 2-D"):
-        evaluate.test(cfg)
+        test_command.test(cfg)
     assert not (tmp_path / "run" / "results.json").exists()
 
 
@@ -49,7 +50,7 @@ def test_split_train_of_a_volume_layout_evaluates_the_training_volumes(tmp_path)
     )  # fmt: skip
     ckpt = write_checkpoint(train_cfg, tmp_path / "vnet.ckpt")
     out = tmp_path / "run"
-    evaluate.test(compose_config("test", [f"ckpt_path={ckpt}", "split=train"], out))
+    test_command.test(compose_config("test", [f"ckpt_path={ckpt}", "split=train"], out))
     results = json.loads((out / "results.json").read_text())
     assert results["split"] == "train" and results["checkpoint"] == str(ckpt.resolve())
     assert results["protocol"]["inference"] == "sliding-window"
@@ -145,7 +146,7 @@ def test_report_skips_a_broken_results_file_and_lists_a_missing_job(tmp_path, ca
 
 
 def test_report_with_only_broken_results_names_them(tmp_path):
-    from segssl.report import ReportError
+    from segssl.commands.report import ReportError
 
     broken = tmp_path / "run" / "results.json"
     broken.parent.mkdir()

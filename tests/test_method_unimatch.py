@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from monai.networks.nets import BasicUNet
 from omegaconf import OmegaConf
 
-from segssl.config import config_dir
+from segssl.commands.hydra_app import config_dir
 from segssl.methods import UniMatch
 from segssl.methods.batch_augment import brightness_contrast, gaussian_blur
 from segssl.methods.mixing import random_boxes

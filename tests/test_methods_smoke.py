@@ -13,10 +13,11 @@ import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback
 
-from segssl.config import config_dir
+from segssl.commands.hydra_app import config_dir
 from tests.conftest import TINY, compose_config
 
-METHODS = sorted(p.stem for p in (config_dir() / "method").glob("*.yaml"))
+# files starting with "_" are shared parts (_base.yaml), not methods
+METHODS = sorted(p.stem for p in (config_dir() / "method").glob("*.yaml") if p.stem[0] != "_")
 FILTERS = ["none", "dsaif"]
 
 
@@ -51,7 +52,7 @@ class Losses(Callback):
 
 
 def train_steps(method: str, view: str, steps: int, tmp_path: Path, data_dir: Path) -> None:
-    from segssl.train import build_data_and_method
+    from segssl.commands.train import build_data_and_method
 
     overrides = [*TINY, f"method={method}", f"filter={view}", f"trainer.max_steps={steps}"]
     cfg = compose_config("train", overrides, tmp_path / "run", data_dir)

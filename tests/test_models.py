@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segssl.config import config_dir
+from segssl.commands.hydra_app import config_dir
 from segssl.models.vnet import VNet, count_parameters
 
 

@@ -15,17 +15,17 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from segssl.commands.predict import model_predict_fn, predict_files
 from segssl.data.readers import DataError
 from segssl.evaluation.inference import probs_to_labels
 from segssl.methods import CrossPseudoSupervision
-from segssl.predict import model_predict_fn, predict_files
 from tests.conftest import TINY, compose_config
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> Path:
     """A tiny trained CPS checkpoint whose stored data paths point nowhere (another machine)."""
-    from segssl.train import train
+    from segssl.commands.train import train
 
     run = tmp_path_factory.mktemp("train") / "run"
     small = ["method=cps", "test=false", "logger=none", "model.features=[4,4,8,8,16,4]"]

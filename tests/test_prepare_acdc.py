@@ -89,8 +89,9 @@ def assert_slices_are_rows(data_dir: Path, case: str) -> None:
 
 
 def leftovers(parent: Path) -> list[str]:
-    """Staging folders the converter left beside its output (there should be none)."""
-    return sorted(p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name)
+    """Staging folders the converter left beside its output (there should be none): the hidden
+    siblings of ``segssl.utils.atomic.staged_folder``."""
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
 
 
 # ---------------------------------------------------------------- synthetic (no data needed)

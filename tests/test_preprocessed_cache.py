@@ -113,7 +113,7 @@ def test_each_case_is_decoded_once_and_training_reads_memory_maps(root, decodes)
 
 def test_the_dsaif_view_cache_is_built_from_the_preprocessed_arrays(root, tmp_path, decodes):
     from segssl.data.datamodule import SemiSupervisedDataModule
-    from segssl.data.views import dsaif_views
+    from segssl.filters.views import dsaif_views
 
     layout(root).prepare_all()
     decodes.clear()

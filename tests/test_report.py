@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from segssl.commands.report import ReportError, main, write_report
 from segssl.evaluation.results import write_results
-from segssl.report import ReportError, main, write_report
 
 PROTOCOL = {"inference": "slice-wise", "image_size": 256, "distance_units": "mm"}
 CLASSES = ("RV", "Myo", "LV")
@@ -77,7 +77,7 @@ def test_means_and_sample_stds_over_seeds(sweep):
     rows = read_csv(sweep / "report.csv")
     cps = rows[("method=cps data.labeled=3", "ensemble", "overall")]
     assert cps["n"] == "2" and cps["seeds"] == "0 1" and cps["split"] == "test"
-    assert cps["checkpoint"] == "best on validation" and cps["method"] == "cps"
+    assert cps["checkpoint"] == "best" and cps["method"] == "cps"
     assert float(cps["dice_mean"]) == pytest.approx(0.85)
     assert float(cps["dice_std"]) == pytest.approx(math.sqrt(0.005))  # ddof=1: 0.0707
     assert float(cps["hd95_mean"]) == pytest.approx(4.0)
@@ -93,15 +93,16 @@ def test_means_and_sample_stds_over_seeds(sweep):
     assert {k[1] for k in rows} == {"ensemble", "net"}
 
     text = (sweep / "report.md").read_text()
-    assert "**Split:** test" in text and "**Checkpoint:** best on validation" in text
+    assert "**Split:** test" in text and "## Overall, best on validation checkpoint" in text
     assert "slice-wise inference at 256x256" in text and "HD95 and ASD in mm" in text
     assert "sample standard deviation (ddof = 1)" in text
-    assert "| method=cps data.labeled=3 | ensemble | 2 | 0 1 | best on validation | 0.8500 ± " \
+    assert "| method=cps data.labeled=3 | ensemble | 2 | 0 1 | 0.8500 ± " \
            "0.0707 | 0.4250 ± 0.0354 | 4.00 ± 1.41 | 1.00 ± 0.35 |" in text  # fmt: skip
-    assert "| method=supervised data.labeled=3 | net | 1 | 0 | best on validation | 0.7500 | " \
+    assert "| method=supervised data.labeled=3 | net | 1 | 0 | 0.7500 | " \
            "0.3750 | 6.00 | 1.50 |" in text  # fmt: skip
     assert (
-        "## RV" in text and "| method=cps data.labeled=3 | ensemble | 2 | 0.7500 ± 0.0707" in text
+        "## RV" in text
+        and "| method=cps data.labeled=3 | best | ensemble | 2 | 0.7500 ± 0.0707" in text
     )
     assert text.count("results.json |") == 3  # the runs table names each source
     assert (sweep / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

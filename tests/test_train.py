@@ -11,29 +11,49 @@ from pathlib import Path
 import pytest
 import torch
 
+from segssl.commands.hydra_app import config_dir
 from tests.conftest import TINY
 
-RESULT_KEYS = {"split", "checkpoint", "protocol", "models", "config", "created", "evaluations"}
+RESULT_KEYS = {
+    "split",
+    "checkpoint",
+    "protocol",
+    "models",
+    "config",
+    "created",
+    "evaluations",
+    "selection_model",
+}
 METRICS = {"dice", "jaccard", "hd95", "asd"}
+# every method file (found by globbing: a new method is tested with no list to edit)
+METHODS = sorted(p.stem for p in (config_dir() / "method").glob("*.yaml") if p.stem[0] != "_")
+# what the first methods are known to evaluate, checked beside what each class declares
+KNOWN_MODELS = {
+    "supervised": ({"net"}, "net"),
+    "cps": ({"net1", "net2", "ensemble"}, "ensemble"),
+    "dsaif": ({"net1", "net2", "ensemble"}, "ensemble"),
+    "mean_teacher": ({"student", "teacher"}, "student"),
+}
 
 
 def read_results(output_dir: Path) -> dict:
     return json.loads((output_dir / "results.json").read_text())
 
 
-@pytest.mark.parametrize(
-    ("method", "models", "networks"),
-    [
-        ("supervised", {"net"}, {"net"}),
-        ("cps", {"net1", "net2", "ensemble"}, {"net1", "net2"}),
-        ("dsaif", {"net1", "net2", "ensemble"}, {"net1", "net2"}),
-        ("mean_teacher", {"student", "teacher"}, {"student", "teacher"}),
-    ],
-)
-def test_each_method_trains_and_writes_results(run_task, method, models, networks):
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_and_writes_results(run_task, method):
+    from hydra.utils import instantiate
+
     output_dir, _, cfg = run_task([*TINY, f"method={method}"])
+    module = instantiate(cfg.method)
+    models = set(module.predict_fns()) | set(module.ensembles())
+    networks = set(module.network_names)
+    if method in KNOWN_MODELS:
+        assert (models, module.selection_model) == KNOWN_MODELS[method]
     results = read_results(output_dir)
     assert set(results) == RESULT_KEYS
+    # the report reads the selected model from here, not from a table of methods
+    assert results["selection_model"] == module.selection_model
     assert results["split"] == "test"
     assert set(results["models"]) == models
     for summary in results["models"].values():
@@ -118,10 +138,10 @@ def test_heterogeneous_pair(run_task):
 def test_method_chooses_views_and_command_line_can_override(run_task):
     from hydra.utils import instantiate
 
-    from segssl.data.views import TwoViews
+    from segssl.filters.views import TwoViews
 
     _, _, cfg = run_task([*TINY, "method=cps", "trainer.max_steps=1", "test=false"])
-    assert cfg.filter._target_ == "segssl.data.views.TwoViews" and cfg.filter.p == 0.0
+    assert cfg.filter._target_ == "segssl.filters.views.TwoViews" and cfg.filter.p == 0.0
     _, _, cfg = run_task(
         [
             *TINY,
@@ -142,7 +162,7 @@ def test_method_chooses_views_and_command_line_can_override(run_task):
 
 
 def test_supervised_sees_only_labeled_data(run_task):
-    from segssl.train import build_data_and_method
+    from segssl.commands.train import build_data_and_method
 
     _, _, cfg = run_task([*TINY, "method=supervised", "trainer.max_steps=1", "test=false"])
     datamodule, method = build_data_and_method(cfg)
@@ -153,7 +173,7 @@ def test_supervised_sees_only_labeled_data(run_task):
 
 
 def test_labeled_count_image_size_and_seed(run_task):
-    from segssl.train import build_data_and_method
+    from segssl.commands.train import build_data_and_method
 
     _, _, cfg = run_task(
         [
@@ -218,6 +238,7 @@ def test_data_root_override_and_test_command(run_task, tmp_path):
     tested = read_results(test_dir)
     assert tested["split"] == "val" and tested["checkpoint"] == results["checkpoint"]
     assert set(tested["models"]) == {"net1", "net2", "ensemble"}
+    assert tested["selection_model"] == "ensemble"
 
 
 def test_cli_help_and_runs_from_any_directory(tmp_path):

@@ -20,9 +20,9 @@ import yaml
 from hydra.utils import instantiate
 from PIL import Image
 
-from segssl import evaluate
-from segssl.config import config_dir
-from segssl.predict import predict_files
+from segssl.commands import test as test_command
+from segssl.commands.hydra_app import config_dir
+from segssl.commands.predict import predict_files
 from segssl.utils.run import resolved_config
 from segssl.utils.trust import (
     UntrustedInputError,
@@ -76,7 +76,7 @@ class TouchOnUnpickle:
 
 
 def run_test(checkpoint: Path, out: Path, *extra: str) -> dict:
-    return evaluate.test(compose_config("test", [f"ckpt_path={checkpoint}", *extra], out))
+    return test_command.test(compose_config("test", [f"ckpt_path={checkpoint}", *extra], out))
 
 
 # -- the allow-list --------------------------------------------------------------------------
@@ -246,3 +246,15 @@ def test_a_method_target_that_is_not_a_segssl_method_is_refused(checkpoint, imag
     torch.save(state, odd)
     with pytest.raises(UntrustedInputError, match=rf"{odd}: .*'torch\.nn\.Linear' is not a"):
         predict_files(odd, image, tmp_path / "masks")
+
+
+def test_a_moved_module_in_an_old_config_is_upgraded_not_refused():
+    """Configs stored before the view makers moved to segssl.filters name the old module."""
+    from segssl.utils.trust import check_targets, upgrade_targets
+
+    old = {"filter": {"_target_": "segssl.data.views.TwoViews", "p": 0.0}, "x": [{"a": 1}]}
+    check_targets(old, "old.ckpt")  # allowed once renamed
+    assert upgrade_targets(old)["filter"]["_target_"] == "segssl.filters.views.TwoViews"
+    assert old["filter"]["_target_"] == "segssl.data.views.TwoViews"  # the input is untouched
+    with pytest.raises(UntrustedInputError, match="segssl.data.views_evil"):
+        check_targets({"_target_": "segssl.data.views_evil.x"}, "bad.ckpt")

@@ -9,8 +9,8 @@ from monai.transforms import Resized
 
 from segssl.data.augment import RandSliceAugmentd
 from segssl.data.transforms import slice_train_transforms
-from segssl.data.views import TwoViews, dsaif_views
 from segssl.filters import tree_filter
+from segssl.filters.views import TwoViews, dsaif_views
 
 
 def phantom(shape=(40, 36), seed=0) -> np.ndarray:
@@ -88,8 +88,10 @@ def test_slice_augment_matches_monai_resize_and_keeps_labels_aligned():
     rotate.set_random_state(3)
     square = np.kron(label[:32, :32], np.ones((1, 1), np.uint8))
     pair = rotate(
-        {"image": torch.as_tensor(square[None].astype(np.float32)),
-         "label": torch.as_tensor(square[None])}
+        {
+            "image": torch.as_tensor(square[None].astype(np.float32)),
+            "label": torch.as_tensor(square[None]),
+        }
     )
     assert abs(rotate.angle) > 0
     assert torch.equal((pair["image"] > 0.5).long(), pair["label"])
@@ -127,15 +129,29 @@ def test_view_cache_is_built_once_and_keyed_by_filter_parameters(tmp_path):
     from segssl.data.datamodule import SemiSupervisedDataModule
     from segssl.data.synthetic import ensure_synthetic_dataset
 
-    root = ensure_synthetic_dataset(tmp_path / "data", num_train_patients=3, num_val_patients=1,
-                                    num_test_patients=1, image_size=32, slices_per_volume=2)
+    root = ensure_synthetic_dataset(
+        tmp_path / "data",
+        num_train_patients=3,
+        num_val_patients=1,
+        num_test_patients=1,
+        image_size=32,
+        slices_per_volume=2,
+    )
     cache_dir = tmp_path / "cache"
 
     def datamodule(area_threshold: int) -> SemiSupervisedDataModule:
         views = dsaif_views(area_threshold=area_threshold, cache=True, cache_dir=str(cache_dir))
-        dm = SemiSupervisedDataModule(root, 4, ["RV", "Myo", "LV"], labeled=1, image_size=32,
-                                      batch_size=4, labeled_batch_size=2, views=views,
-                                      num_workers=0)
+        dm = SemiSupervisedDataModule(
+            root,
+            4,
+            ["RV", "Myo", "LV"],
+            labeled=1,
+            image_size=32,
+            batch_size=4,
+            labeled_batch_size=2,
+            views=views,
+            num_workers=0,
+        )
         dm.setup("fit")
         return dm
 

@@ -40,7 +40,33 @@ def default_num_workers(on_accelerator: bool) -> int:
 
 class SemiSupervisedDataModule(pl.LightningDataModule):
     """Labeled and unlabeled training items (2-D slices or 3-D volumes, by layout) and whole
-    volumes for validation and test."""
+    volumes for validation and test.
+
+    Args:
+        root: dataset folder (``data.root``); the synthetic data is written here on first use.
+        num_classes: number of classes including background.
+        class_names: foreground class names, in label order (``num_classes - 1`` of them).
+        labeled: labeled patients (2-D layouts) or cases (3-D layouts); the rest are unlabeled.
+        image_size: side of the square 2-D training slices; ``None`` for 3-D data.
+        batch_size: training items per step, labeled and unlabeled together.
+        labeled_batch_size: labeled items per step, in ``1..batch_size``.
+        name: dataset name for tags, run folders and the report (``acdc``, ``la``, ...).
+        layout: file layout, a key of ``segssl.data.readers.LAYOUTS`` (``ssl4mis``, ``uamt``,
+            ``folder``).
+        use_unlabeled: stream unlabeled items (``false`` for the supervised baseline).
+        views: transform adding the two network views ``image_1`` / ``image_2`` (``filter``
+            group); ``None`` gives both networks the augmented image.
+        augment: random spatial and intensity augmentation of training items.
+        num_workers: loader processes; ``None`` picks by device (``default_num_workers``).
+        pin_memory: pinned host memory for the loaders (used on accelerators only).
+        synthetic: options of ``ensure_synthetic_dataset`` to generate data in ``root``;
+            ``None`` reads ``root`` as it is.
+        val_split: split list used for validation (whole volumes).
+        test_split: split list used for testing; absent lists fall back to ``val_split``.
+        patch_size: 3-D training crop size (required for 3-D layouts).
+        layout_options: keyword arguments of the layout class (e.g. ``val_cases``,
+            ``spacing``).
+    """
 
     def __init__(
         self,

@@ -33,20 +33,17 @@ Conventions (chosen to equal the SSL4MIS h5 files):
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import nibabel as nib
 import numpy as np
 
+from segssl.data import image_io
 from segssl.data.readers import DataError
+from segssl.utils.atomic import staged_folder
 
 NUM_CLASSES = 4
 PHASE_FRAME_IDS = {"ED": "frame01", "ES": "frame02"}
@@ -156,30 +153,11 @@ def slices_first(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(array, (2, 1, 0)))
 
 
-def load_nifti(path: Path) -> nib.Nifti1Image:
-    """Open a NIfTI file, naming it if it is absent."""
+def load_nifti(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """A frame file and its scaled voxel data as stored (x, y, z): labels stay integers."""
     if not path.is_file():
         raise DataError(f"missing frame file {path} (named by ED/ES in Info.cfg)")
-    return nib.load(path)
-
-
-def voxel_array(image: nib.Nifti1Image, path: Path) -> np.ndarray:
-    """The scaled voxel data as a 3-D (x, y, z) array; a trailing singleton axis is dropped."""
-    data = np.asanyarray(image.dataobj)
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"{path}: expected a 3-D (x, y, z) image, got shape {data.shape}")
-    return data
-
-
-def normalise(image: np.ndarray, path: Path) -> np.ndarray:
-    """Per-volume min-max scaling to [0, 1] as SSL4MIS does; a constant volume is an error."""
-    values = image.astype(np.float64)
-    low, high = float(values.min()), float(values.max())
-    if not np.isfinite([low, high]).all() or high <= low:
-        raise DataError(f"{path}: cannot min-max normalise (min {low}, max {high})")
-    return ((values - low) / (high - low)).astype(np.float32)
+    return image_io.read_nifti(path, dtype=None, ndims=(3,))
 
 
 def check_label(label: np.ndarray, path: Path) -> np.ndarray:
@@ -201,9 +179,8 @@ def load_frame(patient_dir: Path, phase: str, frame: int) -> Volume:
     prefix = f"{patient_dir.name}_frame{frame:02d}"
     image_path = patient_dir / f"{prefix}.nii.gz"
     label_path = patient_dir / f"{prefix}_gt.nii.gz"
-    image_nii, label_nii = load_nifti(image_path), load_nifti(label_path)
-    image = voxel_array(image_nii, image_path)
-    label = voxel_array(label_nii, label_path)
+    image_nii, image = load_nifti(image_path)
+    _, label = load_nifti(label_path)
     if image.shape != label.shape:
         raise DataError(
             f"{label_path}: shape {label.shape} != image shape {image.shape} of {image_path.name}"
@@ -211,7 +188,7 @@ def load_frame(patient_dir: Path, phase: str, frame: int) -> Volume:
     zooms = tuple(float(z) for z in image_nii.header.get_zooms()[:3])
     return Volume(
         case=f"{patient_dir.name}_{PHASE_FRAME_IDS[phase]}",
-        image=slices_first(normalise(image, image_path)),
+        image=slices_first(image_io.normalise(image, "minmax", image_path)),
         label=slices_first(check_label(label, label_path)),
         spacing=(zooms[2], zooms[1], zooms[0]),
         source_frame=frame,
@@ -219,18 +196,9 @@ def load_frame(patient_dir: Path, phase: str, frame: int) -> Volume:
     )
 
 
-def write_h5(path: Path, image: np.ndarray, label: np.ndarray, **attrs: object) -> None:
-    """One gzip-compressed case file (``image``, ``label``) with optional attributes."""
-    with h5py.File(path, "w") as handle:
-        handle.create_dataset("image", data=image, compression="gzip")
-        handle.create_dataset("label", data=label, compression="gzip")
-        for key, value in attrs.items():
-            handle.attrs[key] = value
-
-
 def write_volume(data_dir: Path, volume: Volume) -> None:
     """``data/<case>.h5`` with the spacing (z, y, x) and where the frame came from."""
-    write_h5(
+    image_io.write_h5_case(
         data_dir / f"{volume.case}.h5",
         volume.image,
         volume.label,
@@ -249,7 +217,9 @@ def write_slices(slice_dir: Path, volume: Volume) -> None:
     """``data/slices/<case>_slice_<K>.h5`` with slice_K = volume[K - 1], as SSL4MIS."""
     depth = volume.image.shape[0]
     for index, slice_id in enumerate(slice_ids(volume.case, depth)):
-        write_h5(slice_dir / f"{slice_id}.h5", volume.image[index], volume.label[index])
+        image_io.write_h5_case(
+            slice_dir / f"{slice_id}.h5", volume.image[index], volume.label[index]
+        )
 
 
 def build_lists(depths: dict[str, int], patients: list[int]) -> dict[str, list[str]]:
@@ -293,25 +263,6 @@ def check_target(out_dir: Path, raw_dir: Path, overwrite: bool) -> None:
         )
 
 
-@contextmanager
-def staged_folder(out_dir: Path) -> Iterator[Path]:
-    """A temp folder beside ``out_dir`` that replaces it only if the block succeeds."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    staging = out_dir.parent / f".{out_dir.name}.partial-{tag}"
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = out_dir.parent / f".{out_dir.name}.old-{tag}"
-    if out_dir.exists():
-        out_dir.rename(old)
-    os.replace(staging, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def convert_patient(patient_dir: Path, data_dir: Path, with_slices: bool) -> dict[str, int]:
     """Write both frames of one patient; returns the depth of each volume written."""
     frames = phase_frames(patient_dir / "Info.cfg")
@@ -342,7 +293,8 @@ def prepare_acdc(
     check_target(out_dir, raw_dir, overwrite)
     patient_dirs = find_patient_dirs(raw_dir)
     depths: dict[str, int] = {}
-    with staged_folder(out_dir) as staging:
+    # an existing out_dir passed check_target: it is replaced only once everything is written
+    with staged_folder(out_dir, replace=True) as staging:
         data_dir = staging / "data"
         (data_dir / "slices").mkdir(parents=True)
         for number, patient_dir in patient_dirs.items():

@@ -18,7 +18,21 @@ PredictFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class VolumeEvaluator:
-    """Accumulates per-volume metrics for several models; ``summarize`` reduces across ranks."""
+    """Accumulates per-volume metrics for several models; ``summarize`` reduces across ranks.
+
+    Args:
+        num_classes: number of classes including background.
+        class_names: foreground class names, in label order.
+        mode: ``slices`` (2-D networks: each slice resized to ``image_size``, predicted, resized
+            back) or ``sliding_window`` (3-D networks: overlapping ``patch_size`` windows).
+        image_size: slice side the network was trained on (required for ``slices``).
+        batch_size: slices or windows per network call.
+        patch_size: window size (required for ``sliding_window``).
+        stride: step between windows in voxels; ``None`` overlaps windows by half.
+        threshold: foreground where its probability exceeds this (binary tasks); ``None`` takes
+            the argmax over classes.
+        use_spacing: HD95 / ASD in mm when a volume carries a spacing (else in voxels).
+    """
 
     def __init__(
         self,

@@ -2,10 +2,12 @@
 
 ``results.json`` has a fixed schema so ``report`` and later comparisons can read any run:
 ``split``, ``checkpoint``, ``protocol``, ``models`` (name -> ``aggregate`` dict), ``config``,
-``created`` (plus ``extra`` only when given). Files are written atomically with
-``segssl.utils.atomic`` (temp file in the same folder, then ``os.replace``), so an interrupted
-run never leaves a half-written file and files get the user's normal permissions; existing
-files are not overwritten unless asked: results of an earlier run are evidence.
+``created`` (plus ``extra``, ``evaluations`` and ``selection_model`` when given: the model
+the method selects checkpoints on and reports, which older files lack). Files are written
+atomically with ``segssl.utils.atomic`` (temp file in the same folder, then a rename), so
+an interrupted run never leaves a half-written file and files get the user's normal
+permissions; existing files are not overwritten unless asked: results of an earlier run are
+evidence.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def write_results(
     config: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
     evaluations: Mapping[str, Mapping[str, Any]] | None = None,
+    selection_model: str | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``results.json`` atomically and return its path.
@@ -57,7 +60,9 @@ def write_results(
     The top-level ``checkpoint`` / ``models`` are the selected checkpoint's (best on validation,
     or the last one when no validation ran); ``evaluations`` holds every checkpoint tested, each
     under its label (``best``, ``last``) with its own ``checkpoint``, ``selection`` and
-    ``models``, so a reader never mixes them.
+    ``models``, so a reader never mixes them. ``selection_model`` names the model of ``models``
+    the method selects on (``SegmentationMethod.selection_model``), so readers need no table of
+    methods.
 
     ``path`` is the file, or an existing folder to write ``results.json`` into. ``protocol``
     gets ``empty_mask_policy`` filled in when absent, since every number depends on it.
@@ -66,6 +71,10 @@ def write_results(
     target = _results_path(path)
     _refuse_overwrite(target, overwrite)
     _check_models(models)
+    if selection_model is not None and selection_model not in models:
+        raise ValueError(
+            f"selection_model={selection_model!r}: expected one of the models {list(models)}"
+        )
     payload: dict[str, Any] = {
         "split": str(split),
         "checkpoint": None if checkpoint is None else str(checkpoint),
@@ -74,6 +83,8 @@ def write_results(
         "config": dict(config),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if selection_model is not None:
+        payload["selection_model"] = str(selection_model)
     if extra is not None:
         payload["extra"] = dict(extra)
     if evaluations is not None:

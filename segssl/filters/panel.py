@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from segssl.data.image_io import read_h5, read_nifti, read_png  # noqa: E402
 from segssl.filters.tree_filter import dual_tree_filter  # noqa: E402
 
 PANEL_TITLES = (
@@ -35,7 +36,8 @@ LA_FILE_NAME = "mri_norm2.h5"  # LA volumes are stored (H, W, D), unlike ACDC's 
 def load_image_for_panel(
     path: str | Path, slice_index: int | None = None, axis: int | None = None
 ) -> np.ndarray:
-    """Read one 2-D float32 image from an h5 file (key ``image``), a NIfTI file or a PNG.
+    """Read one 2-D float32 image from an h5 file (key ``image``), a NIfTI file or a greyscale
+    PNG, through ``segssl.data.image_io`` (so a colour PNG is refused, as by ``predict``).
 
     For a 3-D volume, ``slice_index`` picks the slice along ``axis`` (default: the middle slice).
     Default axis: 0 for h5 volumes (ACDC stores (D, H, W)) except LA's ``mri_norm2.h5`` and NIfTI
@@ -46,40 +48,16 @@ def load_image_for_panel(
         raise FileNotFoundError(f"{path}: no such file")
     name = path.name.lower()
     if name.endswith((".h5", ".hdf5")):
-        array = _read_h5(path)
+        array = read_h5(path)
         default_axis = -1 if name == LA_FILE_NAME else 0
     elif name.endswith((".nii", ".nii.gz")):
-        array, default_axis = _read_nifti(path), -1
+        array, default_axis = read_nifti(path)[1], -1
     elif name.endswith(".png"):
-        array, default_axis = _read_png(path), 0
+        array, default_axis = read_png(path), 0
     else:
         raise ValueError(f"{path}: unsupported file type, expected .h5/.hdf5, .nii/.nii.gz or .png")
     image = _pick_slice(array, path, slice_index, default_axis if axis is None else axis)
     return np.ascontiguousarray(image, dtype=np.float32)
-
-
-def _read_h5(path: Path) -> np.ndarray:
-    import h5py
-
-    with h5py.File(path, "r") as file:
-        if "image" not in file:
-            raise ValueError(f"{path}: no dataset 'image' (found keys {sorted(file.keys())})")
-        return file["image"][()]
-
-
-def _read_nifti(path: Path) -> np.ndarray:
-    import nibabel as nib
-
-    return np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
-
-
-def _read_png(path: Path) -> np.ndarray:
-    import matplotlib.image as mpimg
-
-    pixels = mpimg.imread(path)
-    if pixels.ndim == 3:  # RGB(A): ITU-R BT.601 luma, alpha dropped
-        pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return pixels
 
 
 def _pick_slice(array: np.ndarray, path: Path, slice_index: int | None, axis: int) -> np.ndarray:

@@ -36,8 +36,6 @@ DSAIF views: network 1 sees ``image_1``, network 2 the strong augmentation of ``
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from segssl.methods.base import SegmentationMethod
@@ -56,6 +54,7 @@ from segssl.methods.steps import resolve_steps
 class AdaptiveBidirectionalDisplacement(SegmentationMethod):
     network_names = ("net1", "net2")
     uses_unlabeled = True
+    selection_model = "net1"
 
     def __init__(
         self,
@@ -83,25 +82,8 @@ class AdaptiveBidirectionalDisplacement(SegmentationMethod):
         self.cutout_p, self.jitter = cutout_p, jitter
         super().__init__(*args, **kwargs)
 
-    def method_hparams(self) -> dict[str, Any]:
-        return {
-            "grid": self.grid,
-            "top_k": self.top_k,
-            "consistency": self.consistency,
-            "rampup_steps": self.rampup_steps,
-            "labeled_weight": self.labeled_weight,
-            "labeled_until": self.labeled_until,
-            "labeled_p": self.labeled_p,
-            "cutout_p": self.cutout_p,
-            "jitter": self.jitter,
-        }
-
     def ensembles(self) -> dict[str, list[str]]:
         return {"ensemble": ["net1", "net2"]}
-
-    @property
-    def selection_model(self) -> str:
-        return "net1"
 
     def strong_view(
         self, images: torch.Tensor, labels: torch.Tensor

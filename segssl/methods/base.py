@@ -23,9 +23,25 @@ from segssl.evaluation.overlap_metrics import Agreement, ErrorConsensus, Foregro
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def plain(config: Any) -> Any:
-    """A config node as plain Python containers (DictConfig/ListConfig -> dict/list)."""
-    return OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else config
+PLAIN_LEAVES = (bool, int, float, str, type(None))
+
+
+def plain(value: Any, key: str = "method") -> Any:
+    """``value`` as plain Python data (dicts, lists, tuples, numbers, strings, None): the only
+    kinds a checkpoint may hold to load with ``torch.load(weights_only=True)``. OmegaConf nodes
+    are converted; anything else (an array, a module, a path) is refused with its key named."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(plain(v, f"{key}[{i}]") for i, v in enumerate(value))
+    if type(value) not in PLAIN_LEAVES:  # exact: numpy's float64 is a float, yet not data
+        raise TypeError(
+            f"{key}={value!r}: a method's settings must be plain data (numbers, strings, lists, "
+            f"dicts), not a {type(value).__name__}, so its checkpoints load as data"
+        )
+    return value
 
 
 def build_network(config: Mapping[str, Any]) -> nn.Module:
@@ -38,11 +54,33 @@ def softmax_of(network: Callable[[torch.Tensor], torch.Tensor]) -> PredictFn:
 
 
 class SegmentationMethod(pl.LightningModule):
-    """Base of all methods. Subclasses set ``network_names`` and ``uses_unlabeled`` and implement
-    ``training_losses``; the first returned key ``loss`` is optimised, every key is logged."""
+    """Base of all methods. A subclass sets ``network_names``, ``uses_unlabeled`` and
+    ``selection_model``, takes its own settings as keyword arguments (passing the rest on to
+    this constructor), and implements ``training_losses``, whose first key ``loss`` is
+    optimised and every key logged. Every constructor argument of the class chain is saved once,
+    as plain data, in ``hparams`` and the checkpoints (``segssl test`` rebuilds the method from
+    them): a new setting is one keyword argument and one line of the method's YAML.
+
+    Args:
+        model: network config with ``_target_`` (``conf/model/``), plus our speed options
+            ``channels_last`` and ``compile``; the networks of ``network_names`` are built from it.
+        num_classes: number of classes including background (output channels).
+        class_names: names of the foreground classes, in label order (metrics, per-class logs).
+        optimizer: optimiser config with ``_target_`` (e.g. ``torch.optim.SGD``) and its
+            arguments except the parameters; one parameter group per trained network.
+        evaluation: keyword arguments of ``segssl.evaluation.evaluator.VolumeEvaluator``
+            (``conf/evaluation/``): slice-wise or sliding-window inference, distance units.
+        poly_power: exponent of the poly learning-rate decay over ``trainer.max_steps``
+            (0 keeps the rate constant).
+        model_2: another network config for the second network of a pair (heterogeneous
+            mutual teaching); ``None`` builds every network from ``model``.
+    """
 
     network_names: tuple[str, ...] = ("net",)
     uses_unlabeled: bool = False
+    # the model checkpoints are selected on (validation) and whose Dice is the run's headline;
+    # stored in results.json so the report needs no table of methods
+    selection_model: str = "net"
 
     def __init__(
         self,
@@ -55,31 +93,27 @@ class SegmentationMethod(pl.LightningModule):
         model_2: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        model, optimizer, evaluation = (plain(c) for c in (model, optimizer, evaluation))
-        model_2, class_names = plain(model_2), list(class_names)
-        # plain data only in checkpoints: they load with torch's weights_only=True
-        self.save_hyperparameters(
-            {
-                "model": model,
-                "num_classes": num_classes,
-                "class_names": class_names,
-                "optimizer": optimizer,
-                "evaluation": evaluation,
-                "poly_power": poly_power,
-                "model_2": model_2,
-                **self.method_hparams(),
-            }
-        )
-        configs = [model, model_2 or model]
+        # the first call collects every constructor argument of the subclass chain; the second
+        # stores them as plain data, so checkpoints load with torch's weights_only=True
+        self.save_hyperparameters()
+        self.save_hyperparameters(plain(dict(self.hparams)))
+        model = self.hparams.model
+        configs = [model, self.hparams.model_2 or model]
         self.networks = nn.ModuleDict(
             {name: build_network(configs[min(i, 1)]) for i, name in enumerate(self.network_names)}
         )
+        evaluated = [*self.predict_fns(), *self.ensembles()]
+        if self.selection_model not in evaluated:
+            raise ValueError(
+                f"{type(self).__name__}.selection_model={self.selection_model!r}: expected one "
+                f"of the models it evaluates {evaluated}"
+            )
         # speed options of the model config (model.channels_last, model.compile)
         self.channels_last = bool(model.get("channels_last", False))
         self.compile_networks = bool(model.get("compile", False))
         self._compiled: dict[str, Callable] = {}
         self.num_classes, self.class_names = num_classes, list(class_names)
-        self.evaluator = VolumeEvaluator(num_classes, self.class_names, **evaluation)
+        self.evaluator = VolumeEvaluator(num_classes, self.class_names, **self.hparams.evaluation)
         # on-device metrics (torchmetrics: counts stay on the device, summed across DDP ranks on
         # compute). Their states are not saved: checkpoints keep only tensors of the networks,
         # and checkpoints from before these metrics still load strictly.
@@ -96,10 +130,6 @@ class SegmentationMethod(pl.LightningModule):
         self.run_config: dict[str, Any] | None = None
 
     # -- what subclasses define --------------------------------------------------------------
-    def method_hparams(self) -> dict[str, Any]:
-        """Method-specific constructor arguments, stored in checkpoints with the base ones."""
-        return {}
-
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -110,11 +140,6 @@ class SegmentationMethod(pl.LightningModule):
     def ensembles(self) -> dict[str, list[str]]:
         """Models evaluated as the mean probability of several networks."""
         return {}
-
-    @property
-    def selection_model(self) -> str:
-        """The model checkpoints are selected on (validation only): the ensemble if any."""
-        return (list(self.predict_fns()) + list(self.ensembles()))[-1]
 
     # -- training ----------------------------------------------------------------------------
     def run_network(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -230,7 +255,8 @@ class SegmentationMethod(pl.LightningModule):
         self.run_config = checkpoint.get("segssl_config")
 
     def _log_evaluation(self, stage: str) -> None:
-        summary = self.evaluator.summarize()
+        # the selection model travels with the summary into results.json (``save_evaluation``)
+        summary = {**self.evaluator.summarize(), "selection_model": self.selection_model}
         self.evaluation_results[stage] = summary
         metrics = {}
         for model_name, result in summary["models"].items():

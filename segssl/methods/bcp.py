@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 class BidirectionalCopyPaste(SegmentationMethod):
     network_names = ("student", "teacher")
     uses_unlabeled = True
+    # the official code evaluates (and selects) the student only
+    selection_model = "student"
 
     def __init__(
         self,
@@ -78,25 +80,12 @@ class BidirectionalCopyPaste(SegmentationMethod):
         self.register_buffer("stage1_steps", torch.tensor(-1, dtype=torch.long))
         self.register_buffer("stage1_best", torch.tensor(float("-inf")))
 
-    def method_hparams(self) -> dict[str, Any]:
-        return {
-            "pretrain_steps": self.pretrain_steps,
-            "ema_decay": self.ema_decay,
-            "u_weight": self.u_weight,
-            "stage2_init": self.stage2_init,
-            "largest_component": self.use_largest_component,
-        }
-
     def trainable(self) -> dict[str, nn.Module]:
         return {"student": self.networks["student"]}
 
     def predict_fns(self):
         """The code evaluates (and selects) the student only."""
         return {"student": softmax_of(lambda x: self.run_network("student", x))}
-
-    @property
-    def selection_model(self) -> str:
-        return "student"
 
     # -- stages --------------------------------------------------------------------------------
     def boundary(self) -> int:

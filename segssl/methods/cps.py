@@ -4,8 +4,6 @@ each network reads its own view ``image_1`` / ``image_2``."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
@@ -16,6 +14,7 @@ from segssl.methods.losses import SupervisedLoss, sigmoid_rampup
 class CrossPseudoSupervision(SegmentationMethod):
     network_names = ("net1", "net2")
     uses_unlabeled = True
+    selection_model = "ensemble"
 
     def __init__(
         self, *args, consistency: float = 0.1, rampup_steps: int = 30000, **kwargs
@@ -23,9 +22,6 @@ class CrossPseudoSupervision(SegmentationMethod):
         self.consistency, self.rampup_steps = consistency, rampup_steps
         super().__init__(*args, **kwargs)
         self.supervised_loss = SupervisedLoss()
-
-    def method_hparams(self) -> dict[str, Any]:
-        return {"consistency": self.consistency, "rampup_steps": self.rampup_steps}
 
     def ensembles(self) -> dict[str, list[str]]:
         return {"ensemble": list(self.network_names)}

@@ -16,6 +16,8 @@ from segssl.methods.losses import SupervisedLoss, sigmoid_rampup
 class MeanTeacher(SegmentationMethod):
     network_names = ("student", "teacher")
     uses_unlabeled = True
+    # SSL4MIS evaluates (and selects) the student
+    selection_model = "student"
 
     def __init__(
         self,
@@ -36,22 +38,8 @@ class MeanTeacher(SegmentationMethod):
             p.requires_grad_(False)
         self.supervised_loss = SupervisedLoss()
 
-    def method_hparams(self) -> dict[str, Any]:
-        return {
-            "consistency": self.consistency,
-            "rampup_steps": self.rampup_steps,
-            "ema_decay": self.ema_decay,
-            "noise_std": self.noise_std,
-            "noise_clip": self.noise_clip,
-        }
-
     def trainable(self) -> dict[str, nn.Module]:
         return {"student": self.networks["student"]}
-
-    @property
-    def selection_model(self) -> str:
-        """SSL4MIS evaluates (and selects) the student."""
-        return "student"
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         labeled, unlabeled = batch["labeled"], batch.get("unlabeled")

@@ -11,6 +11,7 @@ from segssl.methods.losses import SupervisedLoss
 class Supervised(SegmentationMethod):
     network_names = ("net",)
     uses_unlabeled = False
+    selection_model = "net"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -30,8 +30,6 @@ The network must expose its encoder features: ``model=unet_ssl4mis`` (the publis
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
@@ -45,6 +43,7 @@ from segssl.models.unet import encoder_decoder
 class UniMatch(SegmentationMethod):
     network_names = ("net",)
     uses_unlabeled = True
+    selection_model = "net"
 
     def __init__(
         self,
@@ -70,18 +69,6 @@ class UniMatch(SegmentationMethod):
         except ValueError as error:
             target = self.hparams.model.get("_target_")
             raise ValueError(f"method=unimatch with model._target_={target}: {error}") from None
-
-    def method_hparams(self) -> dict[str, Any]:
-        return {
-            "conf_thresh": self.conf_thresh,
-            "weights": list(self.weights),
-            "fp_dropout": self.fp_dropout,
-            "jitter": self.jitter,
-            "jitter_p": self.jitter_p,
-            "blur_p": self.blur_p,
-            "blur_sigma": list(self.blur_sigma),
-            "cutmix_p": self.cutmix_p,
-        }
 
     def strong(self, images: torch.Tensor) -> torch.Tensor:
         images = brightness_contrast(images, self.jitter, self.jitter, p=self.jitter_p)

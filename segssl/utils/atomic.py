@@ -156,6 +156,20 @@ def write_with(target: str | os.PathLike, writer: Callable[[Path], Any]) -> Path
     return Path(target)
 
 
+def move(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Rename ``source`` to ``target`` in one step (same file system; a file already at
+    ``target`` is replaced), a read-only or full file system said in words naming ``target``."""
+    target = Path(target)
+    try:
+        os.replace(source, target)
+    except OSError as err:
+        explained = explain(err, target)
+        if explained is not err:
+            raise explained from err
+        raise
+    return target
+
+
 @contextmanager
 def staged_folder(target: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Build a whole folder beside ``target`` and move it into place only when complete; an

@@ -42,6 +42,31 @@ def wandb_mode() -> str:
     return "online" if wandb_credentials_present() else "offline"
 
 
+# the view group's name (``filter``; ``views`` if it is renamed)
+VIEW_GROUPS = ("views", "filter")
+
+
+def run_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+    """What a logger records of a run: the keys a sweep's runs are compared by, flat at the top
+    (``method``, ``filter``, ``data.labeled``, ``seed``, ``experiment``) so the W&B dashboard
+    groups and filters by them with no manual work, and the whole resolved config under
+    ``config`` (nested there, so its ``method`` / ``filter`` settings do not collide)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choices: dict[str, Any] = {}
+    if HydraConfig.initialized():
+        choices = dict(HydraConfig.get().runtime.choices)
+    view = next((choices[g] for g in VIEW_GROUPS if choices.get(g)), None)
+    return {
+        "method": config.get("method_name") or choices.get("method"),
+        "filter": view,
+        "data.labeled": (config.get("data") or {}).get("labeled"),
+        "seed": config.get("seed"),
+        "experiment": config.get("experiment_name"),
+        "config": config,
+    }
+
+
 def wandb_logger(**kwargs: Any):
     """A WandbLogger that is offline unless the user asked otherwise, with a short timeout.
 

@@ -40,7 +40,8 @@ def save_evaluation(
 
     ``evaluations`` (label -> {checkpoint, selection, summary}) are the checkpoints tested by
     ``train``: each is stored under its label in results.json, and its per-volume rows in
-    ``per_case_<label>.csv`` (``per_case.csv`` stays the selected checkpoint's)."""
+    ``per_case_<label>.csv`` (``per_case.csv`` stays the selected checkpoint's). The summary's
+    ``selection_model`` (the method's) is stored as the top-level key of that name."""
     path = output_dir / "results.json"
     stored = None
     if evaluations:
@@ -61,6 +62,8 @@ def save_evaluation(
         config=config,
         extra=extra,
         evaluations=stored,
+        # set by the method (``SegmentationMethod._log_evaluation``): the report reads it
+        selection_model=summary.get("selection_model"),
     )
     write_per_case_csv(output_dir / "per_case.csv", summary["rows"])
     for label, evaluation in (evaluations or {}).items():

@@ -20,12 +20,12 @@ import torch
 
 # The callables a stored config may name: the packages segssl's own configs (conf/**.yaml)
 # build from, and nothing else. A module prefix ends with a dot; other entries are exact names.
-# Narrower than "segssl.*" on purpose: segssl.cli, segssl.train or segssl.utils.atomic are
+# Narrower than "segssl.*" on purpose: segssl.cli, segssl.commands.train or segssl.utils.atomic are
 # callables too, and a checkpoint must not be able to start a command or write a file.
 ALLOWED_TARGET_PREFIXES: tuple[str, ...] = (
     "segssl.data.datamodule.",
     "segssl.data.layouts.",
-    "segssl.data.views.",
+    "segssl.filters.views.",
     "segssl.methods.",
     "segssl.models.",
     "segssl.utils.callbacks.",
@@ -94,6 +94,26 @@ def _defined_in_allowed_module(target: str) -> bool:
     return (str(getattr(obj, "__module__", "")) + ".").startswith(ALLOWED_TARGET_PREFIXES)
 
 
+# Modules that moved: a config stored before the move names the old path. Only renames between
+# allowed modules belong here, so upgrading a name never widens what can be built.
+RENAMED_TARGET_PREFIXES: dict[str, str] = {"segssl.data.views.": "segssl.filters.views."}
+
+
+def upgrade_targets(config: Any) -> Any:
+    """A copy of a plain config with each moved ``_target_`` renamed to its current module."""
+    if isinstance(config, Mapping):
+        upgraded = {k: upgrade_targets(v) for k, v in config.items()}
+        target = upgraded.get("_target_")
+        if isinstance(target, str):
+            for old, new in RENAMED_TARGET_PREFIXES.items():
+                if target.startswith(old):
+                    upgraded["_target_"] = new + target[len(old) :]
+        return upgraded
+    if isinstance(config, list | tuple):
+        return [upgrade_targets(v) for v in config]
+    return config
+
+
 def disallowed_targets(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """``(key path, target)`` of every ``_target_`` in ``config`` that is not allowed."""
     found: list[tuple[str, Any]] = []
@@ -119,7 +139,7 @@ def check_targets(config: Any, source: str | os.PathLike, prefix: str = "") -> N
         config = OmegaConf.to_container(config, resolve=False)
     if isinstance(config, Mapping):
         config = {k: v for k, v in config.items() if k not in NEVER_BUILT}
-    bad = disallowed_targets(config, prefix)
+    bad = disallowed_targets(upgrade_targets(config), prefix)
     if bad:
         key, target = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -171,7 +191,7 @@ def check_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> 
         raise ValueError(f"{path}: not a segssl checkpoint (no stored 'segssl_config')")
     check_targets(config, path, prefix="segssl_config")
     check_targets(checkpoint.get("hyper_parameters") or {}, path, prefix="hyper_parameters")
-    return dict(config)
+    return upgrade_targets(dict(config))
 
 
 def load_run_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -90,14 +90,12 @@ def plot_learning_curves(
             _draw(axes[0][1], consensus, label, colour)
     axes[0][0].set(xlabel="step", ylabel="validation Dice (selection model)")
     if has_consensus:
-        axes[0][1].set(
-            xlabel="step", ylabel="error consensus of the two networks (Dice of error masks)"
-        )
+        axes[0][1].set(xlabel="step", ylabel="error consensus (Dice of the error masks)")
     for ax in axes[0]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     from segssl.utils.atomic import write_with
 
     write_with(target, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))

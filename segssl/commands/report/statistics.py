@@ -9,18 +9,20 @@ bootstrap over volumes and the test a Wilcoxon signed-rank test, both from scipy
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
+from segssl.commands.report.runs import CHECKPOINTS, Group, ReportError
+
 # metrics where a lower value is better (distances); every other metric is better higher
 LOWER_IS_BETTER = frozenset({"hd95", "asd"})
 
 
-class ComparisonError(ValueError):
+class ComparisonError(ReportError):
     """Two groups that cannot be compared volume by volume."""
 
 
@@ -100,6 +102,104 @@ def paired_comparison(
         losses=int(np.sum(better < 0)),
         confidence=confidence,
     )
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1; None for a single value)."""
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else None
+
+
+def seed_mean(runs: Mapping[str, Mapping[str, float]], group: str) -> dict[str, float]:
+    """Per-volume values averaged over a group's seeds (``runs``: run name -> {volume:
+    value}). Every seed must have been scored on the same volumes, else an error naming the
+    runs that differ."""
+    names = list(runs)
+    if not names:
+        raise ComparisonError(f"{group}: no runs to average")
+    volumes = set(runs[names[0]])
+    for name in names[1:]:
+        if set(runs[name]) != volumes:
+            differ = sorted(set(runs[name]) ^ volumes)
+            raise ComparisonError(
+                f"{group}: runs {names[0]} and {name} were scored on different volumes "
+                f"({_some(differ)} in only one of them)"
+            )
+    return {v: float(np.mean([runs[n][v] for n in names])) for v in sorted(volumes)}
+
+
+# metrics compared volume by volume against the baseline
+PAIRED_METRICS = ("dice", "hd95")
+
+
+def group_selection_model(group: Group) -> str:
+    """The one model a group's checkpoints were selected on (what a comparison compares)."""
+    found = {r.selection_model for r in group.runs}
+    if len(found) != 1 or None in found:
+        raise ReportError(
+            f"group {group.label!r}: no single selection model in its runs "
+            f"({sorted(map(str, found))}); choose with --models NAME[,NAME] or --models all"
+        )
+    return str(found.pop())
+
+
+def group_labels(group: Group) -> list[str]:
+    """The checkpoint labels any run of the group was tested with, best first."""
+    labels = dict.fromkeys(label for r in group.runs for label in r.evaluations())
+    return sorted(labels, key=lambda k: (list(CHECKPOINTS).index(k) if k in CHECKPOINTS else 9, k))
+
+
+def compare_pairs(
+    pairs: Sequence[tuple[Group, Group]], *, confidence: float = 0.95, seed: int = 0
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each (group, baseline) compared on the checkpoints both have (best and last apart, never
+    mixed), on ``PAIRED_METRICS``, with per-volume values averaged over each group's seeds.
+    Returns the rows and notes on the checkpoints that could not be compared."""
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for group, baseline in pairs:
+        models = group_selection_model(group), group_selection_model(baseline)
+        theirs = group_labels(baseline)
+        for label in group_labels(group):
+            if label not in theirs:
+                notes.append(
+                    f"`{group.label}` vs `{baseline.label}`: the baseline has no {label} "
+                    "checkpoint, so this checkpoint is not compared"
+                )
+                continue
+            for metric in PAIRED_METRICS:
+                values = [
+                    seed_mean(
+                        {
+                            str(r.path.parent): r.per_volume(label, model, metric)
+                            for r in g.runs
+                            if label in r.evaluations()
+                        },
+                        g.label,
+                    )
+                    for g, model in zip((group, baseline), models, strict=True)
+                ]
+                result = paired_comparison(
+                    values[0], values[1], metric, names=(group.label, baseline.label),
+                    confidence=confidence, seed=seed,
+                )  # fmt: skip
+                rows.append(
+                    {
+                        "group": group.label,
+                        "baseline": baseline.label,
+                        "checkpoint": label,
+                        "model": models[0],
+                        "baseline_model": models[1],
+                        **result.as_dict(),
+                    }
+                )
+        for label in theirs:
+            if label not in group_labels(group):
+                notes.append(
+                    f"`{group.label}` vs `{baseline.label}`: the group has no {label} "
+                    "checkpoint, so this checkpoint is not compared"
+                )
+    return rows, notes
 
 
 def _bootstrap_interval(

@@ -32,6 +32,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from segssl.data import image_io
 from segssl.data.preprocessed import (
     CaseJob,
     Entry,
@@ -43,13 +44,13 @@ from segssl.data.readers import DataError, Sample, check_sample, read_list
 from segssl.utils.atomic import WriteError
 
 SPLITS = ("train", "val", "test")
-# per-volume intensity normalisation: zscore as UA-MT's LA preprocessing, minmax (to [0, 1]) as
-# SSL4MIS's ACDC; MONAI's transforms, imported on use (a cache hit needs no MONAI or torch)
-NORMALIZERS = ("zscore", "minmax", "none")
+# per-volume intensity normalisation (segssl.data.image_io.normalise, as predict uses): zscore as
+# UA-MT's LA preprocessing, minmax (to [0, 1]) as SSL4MIS's ACDC; a constant volume becomes zeros
+NORMALIZERS = image_io.NORMALIZATIONS
 _SLICE_ID = re.compile(r"^(?P<case>.+)_slice_(?P<index>\d+)$")
 # Bump when what the cache stores for a case changes (reading, checks, normalisation, axes), so
 # that entries of the older code are rebuilt rather than trusted.
-PREPROCESS_VERSION = "folder-1"
+PREPROCESS_VERSION = "folder-2"  # 2: normalised in float64 by image_io (was MONAI, float32)
 
 
 class FolderLayout:
@@ -319,17 +320,11 @@ class FolderLayout:
 # -- reading and checking one case (shared by the cached and the decoding path) ----------------
 def read_nifti(path: Path, slice_axis: int) -> tuple[np.ndarray, tuple[float, ...]]:
     """A NIfTI file as a 3-D float32 array (2-D images get a slice axis) and its spacing."""
-    try:
-        nifti = nib.load(str(path))
-        array = np.asarray(nifti.get_fdata(dtype=np.float32))
-    except Exception as err:  # nibabel raises several types for unreadable files
-        raise DataError(f"{path}: cannot read as NIfTI ({err})") from err
+    nifti, array = image_io.read_nifti(path)
     spacing = [float(z) for z in nifti.header.get_zooms()[: array.ndim]]
     if array.ndim == 2:
         array = np.expand_dims(array, slice_axis)
         spacing.insert(slice_axis, 1.0)
-    if array.ndim != 3:
-        raise DataError(f"{path}: shape {array.shape}, expected a single-channel 2-D or 3-D image")
     return array, tuple(spacing)
 
 
@@ -339,15 +334,7 @@ def read_case(
     """A case's normalised float32 image, its int64 label (or None) and spacing, checked for
     everything but the label range (which depends on ``data.num_classes``)."""
     image, spacing = read_nifti(image_path, slice_axis)
-    if normalize == "zscore":
-        from monai.transforms import NormalizeIntensity
-
-        image = NormalizeIntensity()(image)
-    elif normalize == "minmax":
-        from monai.transforms import ScaleIntensity
-
-        image = ScaleIntensity(minv=0.0, maxv=1.0)(image)
-    image = np.asarray(image, dtype=np.float32)
+    image = image_io.normalise(image, normalize, image_path, constant="zeros")
     label = None
     if label_path is not None:
         label, _ = read_nifti(label_path, slice_axis)

@@ -10,9 +10,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from segssl.data.image_io import write_h5_case
 from segssl.data.synthetic.anatomy import (
     ED_FRAME,
     ES_FRAME,
@@ -114,17 +114,6 @@ def expected_files(params: SyntheticParams) -> list[str]:
     return files
 
 
-def _write_h5(
-    path: Path, image: np.ndarray, label: np.ndarray, spacing: tuple[float, ...] | None
-) -> None:
-    """One case file with gzip-compressed ``image`` and ``label`` (and ``spacing`` if given)."""
-    with h5py.File(path, "w") as handle:
-        handle.create_dataset("image", data=image, compression="gzip")
-        handle.create_dataset("label", data=label, compression="gzip")
-        if spacing is not None:
-            handle.attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
-
-
 def _write_patient(folder: Path, params: SyntheticParams, index: int, with_slices: bool) -> None:
     """Both frames of one patient, plus their slice files for training patients."""
     patient_rng = np.random.default_rng([params.seed, index])
@@ -136,7 +125,9 @@ def _write_patient(folder: Path, params: SyntheticParams, index: int, with_slice
         image, label = make_phantom_volume(
             rng, params.image_size, params.slices_per_volume, frame, anatomy
         )
-        _write_h5(folder / "data" / f"{case}.h5", image, label, spacing)
+        write_h5_case(
+            folder / "data" / f"{case}.h5", image, label, spacing=np.asarray(spacing, np.float64)
+        )
         if with_slices:
             _write_slices(folder / "data" / "slices", case, image, label)
 
@@ -144,7 +135,7 @@ def _write_patient(folder: Path, params: SyntheticParams, index: int, with_slice
 def _write_slices(folder: Path, case: str, image: np.ndarray, label: np.ndarray) -> None:
     """Slice files ``<case>_slice_<k>.h5`` with k 1-based: slice_k = volume[k - 1]."""
     for k in range(1, image.shape[0] + 1):
-        _write_h5(folder / f"{case}_slice_{k}.h5", image[k - 1], label[k - 1], None)
+        write_h5_case(folder / f"{case}_slice_{k}.h5", image[k - 1], label[k - 1])
 
 
 def write_dataset(folder: Path, params: SyntheticParams) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from segssl.data.image_io import normalise
 from segssl.data.synthetic.anatomy import (
     ED_FRAME,
     ES_FRAME,
@@ -104,13 +105,6 @@ def rician_noise(image: np.ndarray, rng: np.random.Generator, sigma: float) -> n
     return np.hypot(real, imag)
 
 
-def min_max_normalise(volume: np.ndarray) -> np.ndarray:
-    """Per-volume min-max scaling to [0, 1] in float32, as the SSL4MIS preprocessing does."""
-    low, high = float(volume.min()), float(volume.max())
-    scaled = (volume - low) / max(high - low, 1e-8)
-    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
-
-
 def acquire(
     clean: np.ndarray, anatomy: Anatomy, rng: np.random.Generator, image_size: int
 ) -> np.ndarray:
@@ -121,7 +115,9 @@ def acquire(
     mixed = partial_volume(blurred, rng, contrast.partial_volume_prob)
     y, x = coordinate_grid(image_size)
     shaded = mixed * bias_field(y, x, contrast.bias)[None]
-    return min_max_normalise(rician_noise(shaded, rng, contrast.noise))
+    # per-volume min-max to [0, 1] as the SSL4MIS preprocessing (a blank volume gives zeros)
+    noisy = rician_noise(shaded, rng, contrast.noise)
+    return normalise(noisy, "minmax", "synthetic phantom", constant="zeros")
 
 
 # ----------------------------------------------------------------------------- volumes

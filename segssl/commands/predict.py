@@ -23,9 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from segssl.evaluation.checkpoints import build_method, read_checkpoint
-from segssl.evaluation.inference import ensemble_predict_fn, probs_to_labels
-from segssl.image_files import (
+from segssl.data.image_io import (
     InputImage,
     InputProtocol,
     list_inputs,
@@ -33,6 +31,8 @@ from segssl.image_files import (
     read_input,
     write_labels,
 )
+from segssl.evaluation.checkpoints import build_method, read_checkpoint
+from segssl.evaluation.inference import ensemble_predict_fn, probs_to_labels
 from segssl.methods.base import PredictFn, SegmentationMethod
 from segssl.utils.atomic import WriteError, atomic_path, write_text
 

@@ -1,8 +1,12 @@
-"""The ``train`` command: fit a method, then evaluate its best checkpoint and write results."""
+"""The ``train`` command: fit a method, then evaluate its best checkpoint and write results.
+
+Resuming a run is part of this command (``train resume=RUN_DIR``, ``commands/resume.py``)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -13,23 +17,45 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
-from segssl.data.datamodule import SemiSupervisedDataModule
-from segssl.methods.base import SegmentationMethod
-from segssl.resume import (
+from segssl.commands.resume import (
+    ResumeError,
     checkpoint_to_resume,
     plan_resume,
     read_run_state,
     record_resume,
+    resume_overrides,
     write_run_state,
 )
+from segssl.data.datamodule import SemiSupervisedDataModule
+from segssl.methods.base import SegmentationMethod
 from segssl.utils.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
 from segssl.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from segssl.utils.loggers import run_hyperparameters
 from segssl.utils.run import resolved_config, save_evaluation
-from segssl.utils.run_lock import RunFolderError, RunLock
+from segssl.utils.run_lock import RunFolderError, RunLock, explicit_run_dir, refuse_reuse
 from segssl.utils.settings_check import check_training_settings
 from segssl.utils.signals import install_stop_handlers
+from segssl.utils.trust import UntrustedInputError
 
 log = logging.getLogger(__name__)
+
+
+def check_before_hydra(argv: list[str]) -> list[str]:
+    """Run by ``cli.main`` before Hydra writes ``.hydra/``: a refused resume or a folder owned by
+    another run must lose nothing. Returns the overrides with those a resume adds (its own run
+    folder); exits with the reason otherwise. DDP children skip this: their parent checked and
+    owns the folder."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return argv
+    try:
+        extra = resume_overrides(argv)
+        run_dir = None if extra else explicit_run_dir(argv)
+        if run_dir is not None:
+            refuse_reuse(run_dir)
+    except (ResumeError, RunFolderError, UntrustedInputError) as err:
+        print(f"segssl train: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return [*argv, *extra]
 
 
 def build_data_and_method(cfg: DictConfig) -> tuple[SemiSupervisedDataModule, SegmentationMethod]:
@@ -82,7 +108,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     )
     if plan is None:
         for logger in loggers:
-            logger.log_hyperparams(config)
+            logger.log_hyperparams(run_hyperparameters(config))
     elif rank_zero_only.rank == 0:
         record_resume(plan, resume_from, step)  # once everything is built: nothing left to refuse
 
@@ -148,7 +174,7 @@ def last_checkpoint(trainer: pl.Trainer) -> str | None:
 
 def refuse_existing_run(output_dir: Path) -> None:
     """A new run never writes into a folder that holds another run's results or checkpoints
-    (they would mix); ``cli.main`` refuses earlier, before Hydra writes ``.hydra/``."""
+    (they would mix); ``check_before_hydra`` refuses earlier, before Hydra writes ``.hydra/``."""
     checkpoints = output_dir / "checkpoints"
     if (output_dir / "results.json").is_file() or any(checkpoints.glob("*.ckpt")):
         raise RunFolderError(

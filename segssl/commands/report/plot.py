@@ -1,4 +1,4 @@
-"""The report's figure: mean Dice per method, one bar series per labeled count."""
+"""The report's figure: mean Dice per method and checkpoint, one bar series per labeled count."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ OVERALL = "overall"
 
 def plot_dice(rows: Sequence[dict[str, Any]], target: Path, title: str) -> Path:
     """Bars of the overall mean Dice with sample-std error bars (none when n = 1): one category
-    per group without its labeled count (and per model when a group reports several), one
-    series per ``data.labeled``."""
+    per group without its labeled count and per checkpoint (best, last: two bars, never one
+    number), per model when a group reports several; one series per ``data.labeled``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,10 +24,11 @@ def plot_dice(rows: Sequence[dict[str, Any]], target: Path, title: str) -> Path:
     for row in overall:
         models_per_group.setdefault(row["group"], set()).add(row["model"])
     several_models = max(len(m) for m in models_per_group.values()) > 1
+    several_checkpoints = len({r["checkpoint"] for r in overall}) > 1
     categories: dict[str, None] = {}
     bars: dict[str, dict[str, dict[str, Any]]] = {}
     for row in overall:
-        name = _category(row, several_models)
+        name = _category(row, several_models, several_checkpoints)
         categories[name] = None
         bars.setdefault(str(row["labeled"]), {})[name] = row
     names = list(categories)
@@ -52,8 +53,9 @@ def plot_dice(rows: Sequence[dict[str, Any]], target: Path, title: str) -> Path:
     return target
 
 
-def _category(row: dict[str, Any], with_model: bool) -> str:
+def _category(row: dict[str, Any], with_model: bool, with_checkpoint: bool) -> str:
     """The group label without its ``data.labeled=`` part."""
     words = [w for w in row["group"].split(" ") if not w.startswith("data.labeled=")]
     name = " ".join(words) or str(row["method"])
-    return f"{name} [{row['model']}]" if with_model else name
+    name = f"{name} [{row['model']}]" if with_model else name
+    return f"{name} ({row['checkpoint']})" if with_checkpoint else name

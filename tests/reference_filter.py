@@ -1,4 +1,5 @@
-"""Reference implementations of the DSAIF recipe, for tests and the benchmark only.
+"""Reference implementations of the DSAIF recipe, for tests and ``scripts/bench_filter.py`` only
+(kept out of the installed package).
 
 Two independent ways to compute what :mod:`segssl.filters.tree_filter` computes fast:
 

@@ -1,5 +1,6 @@
-"""Resuming a run folder: its own config, the checkpoint asked for (or its newest one), its W&B
-run id, and only the overrides that do not change what the run is.
+"""Resuming a run folder, part of the ``train`` command (``train resume=RUN_DIR``): its own
+config, the checkpoint asked for (or its newest one), its W&B run id, and only the overrides
+that do not change what the run is.
 
 A resumed run is the run it continues: method, views, data, model and schedule come from its
 ``.hydra/config.yaml`` (with the group choices of its ``.hydra/hydra.yaml``) and nothing else.
@@ -21,13 +22,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segssl.utils.atomic import write_text
+from segssl.utils.atomic import move, write_text
 from segssl.utils.checkpoint_io import checkpoint_problem, verify_checkpoint
 from segssl.utils.trust import (
     UntrustedInputError,
     check_checkpoint,
     check_targets,
     load_checkpoint,
+    upgrade_targets,
 )
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,8 @@ def saved_config(run_dir: Path) -> DictConfig:
         raise ResumeError(f"{path}: cannot read the run's config ({err})") from err
     check_targets(saved, path)
     choices = saved_choices(run_dir)
-    container = _substitute_choices(OmegaConf.to_container(saved, resolve=False), choices, path)
+    container = upgrade_targets(OmegaConf.to_container(saved, resolve=False))
+    container = _substitute_choices(container, choices, path)
     return OmegaConf.create(container)
 
 
@@ -343,7 +346,7 @@ def record_resume(plan: ResumePlan, checkpoint: Path, global_step: int | None) -
     write_text(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(plan.applied)))
     for path in [plan.run_dir / "results.json", *plan.run_dir.glob("per_case*.csv")]:
         if path.is_file():
-            os.replace(path, folder / path.name)
+            move(path, folder / path.name)
     state = read_run_state(plan.run_dir)
     entry = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -1,5 +1,6 @@
-"""Optional W&B copy of a report: a new run (job_type ``report``) with the table, the summary
-metrics and the figure. Offline unless the user logged in; never waits on the network."""
+"""Optional W&B copy of a report: a new run (job_type ``report``) with the summary table, the
+paired comparison table, the summary metrics and the figures. Offline unless the user logged
+in; never waits on the network."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ PROJECT = "segssl"
 
 def log_report(
     rows: Sequence[dict[str, Any]],
-    figure: Path,
+    paired: Sequence[dict[str, Any]],
+    figures: Sequence[Path],
     out_dir: Path,
     *,
     split: str,
@@ -29,17 +31,14 @@ def log_report(
     os.environ.setdefault("WANDB_SILENT", "true")
     config = {"split": split, "protocol": protocol, "source": str(out_dir)}
     run = _init(wandb, wandb_mode(), out_dir, config)
-    columns = list(rows[0])
-    run.log(
-        {
-            "report/table": wandb.Table(
-                columns=columns, data=[[r[c] for c in columns] for r in rows]
-            ),
-            "report/dice": wandb.Image(str(figure)),
-        }
-    )
+    logged: dict[str, Any] = {"report/table": _table(wandb, rows)}
+    if paired:
+        logged["report/paired"] = _table(wandb, paired)
+    for figure in figures:
+        logged[f"report/{Path(figure).stem}"] = wandb.Image(str(figure))
+    run.log(logged)
     for row in rows:
-        prefix = f"{row['group']}/{row['model']}/{row['class']}"
+        prefix = f"{row['group']}/{row['checkpoint']}/{row['model']}/{row['class']}"
         for key in ("dice", "jaccard", "hd95", "asd"):
             run.summary[f"{prefix}/{key}_mean"] = row[f"{key}_mean"]
             if row[f"{key}_std"] is not None:
@@ -47,6 +46,12 @@ def log_report(
     folder = str(run.dir)
     run.finish()
     return folder
+
+
+def _table(wandb: Any, rows: Sequence[dict[str, Any]]) -> Any:
+    """A W&B Table of dict rows (columns: the union, in first-seen order; blanks as None)."""
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    return wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
 
 
 def _init(wandb: Any, mode: str, out_dir: Path, config: dict[str, Any]) -> Any:

@@ -1,0 +1,298 @@
+"""The one place image files are read, normalised and written: NIfTI, h5 and PNG.
+
+Readers give float32 arrays (or the file's own dtype where asked), and every failure is a
+``DataError`` naming the file. PNG rule: greyscale only. A grey image stored as RGB(A) (equal
+colour channels) is read as its grey values, a palette image through its colours; a real
+colour image is refused, since no single grey conversion is right for segmentation input.
+Intensities are the file's own (8-bit PNGs stay 0..255): scaling is ``normalise``'s job.
+
+``normalise`` is the per-volume min-max / z-score used by every data path (prepare_acdc, the
+synthetic phantom, the NIfTI folder layout, predict), computed in float64 and stored as float32.
+
+For ``segssl predict``: an input becomes the model's float volume ``(D, H, W)`` (2-D
+slice-wise models read it slice by slice along D; 3-D models take it whole), normalised as the
+training data was; the predicted labels go back to the file's own axis order and geometry
+(NIfTI affine and header kept).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import nibabel as nib
+import numpy as np
+
+from segssl.data.readers import DataError
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".nii.gz", ".nii", ".h5", ".png")
+NORMALIZATIONS = ("minmax", "zscore", "none")
+PRED_SUFFIX = "_pred"
+
+
+@dataclass(frozen=True)
+class InputProtocol:
+    """How files become model input: ``dims`` 2 (slice-wise) or 3; the intensity normalisation
+    of NIfTI/PNG files and of h5 files (stored already normalised in the training layouts); and
+    ``nifti_axes``, the NIfTI axes taken as (D, H, W)."""
+
+    dims: int
+    normalize: str
+    h5_normalize: str
+    nifti_axes: tuple[int, int, int]
+
+    def __post_init__(self) -> None:
+        for name in ("normalize", "h5_normalize"):
+            if getattr(self, name) not in NORMALIZATIONS:
+                raise ValueError(
+                    f"normalize={getattr(self, name)!r}: expected one of {list(NORMALIZATIONS)}"
+                )
+        if sorted(self.nifti_axes) != [0, 1, 2]:
+            raise ValueError(f"axes={list(self.nifti_axes)}: expected a permutation of [0, 1, 2]")
+
+
+@dataclass
+class InputImage:
+    """One input file read as the model's volume, with what is needed to write its labels."""
+
+    path: Path
+    kind: str  # nifti | h5 | png
+    volume: np.ndarray  # (D, H, W) float32, normalised
+    file_shape: tuple[int, ...]  # the array shape in the file (2-D or 3-D)
+    axes: tuple[int, int, int]  # volume = file array (as 3-D) transposed by these axes
+    normalize: str
+    nifti: Any = None  # the nibabel image (affine and header) for NIfTI input
+
+    def to_file_order(self, labels: np.ndarray) -> np.ndarray:
+        """Labels ``(D, H, W)`` back in the file's axis order and shape."""
+        array = np.transpose(labels, np.argsort(self.axes))
+        return np.ascontiguousarray(array.reshape(self.file_shape))
+
+
+def image_kind(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith((".nii.gz", ".nii")):
+        return "nifti"
+    return {".h5": "h5", ".png": "png"}.get(path.suffix.lower())
+
+
+def stem(path: Path) -> str:
+    """The file name without its image suffix (``case.nii.gz`` -> ``case``)."""
+    name = path.name
+    for suffix in SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def output_name(path: Path) -> str:
+    """``<name>_pred`` with the suffix of the input's format (NIfTI is always written gzipped)."""
+    suffix = {"nifti": ".nii.gz", "h5": ".h5", "png": ".png"}[image_kind(path) or ""]
+    return f"{stem(path)}{PRED_SUFFIX}{suffix}"
+
+
+def list_inputs(inputs: str | Path | list) -> list[Path]:
+    """Input files: each given file, and every image file directly inside each given folder
+    (sorted; files named ``*_pred.*`` are earlier predictions and skipped)."""
+    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    if not items:
+        raise DataError("input: expected a file or a folder, got nothing")
+    files: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and image_kind(p))
+            skipped = [p for p in found if stem(p).endswith(PRED_SUFFIX)]
+            if skipped:
+                log.info("Skipping %d earlier prediction(s) in %s", len(skipped), path)
+            found = [p for p in found if p not in skipped]
+            if not found:
+                raise DataError(f"input={path}: no image files ({', '.join(SUFFIXES)}) in folder")
+            files += found
+        elif path.is_file():
+            if image_kind(path) is None:
+                raise DataError(f"input={path}: unsupported file type, expected {SUFFIXES}")
+            files.append(path)
+        else:
+            raise DataError(f"input={path}: no such file or folder")
+    return files
+
+
+def read_input(path: Path, protocol: InputProtocol) -> InputImage:
+    """Read one image file as the model's normalised (D, H, W) volume."""
+    kind = image_kind(path)
+    if kind == "nifti":
+        nifti, array = read_nifti(path)
+        axes, normalize = protocol.nifti_axes, protocol.normalize
+    elif kind == "h5":
+        nifti, array = None, read_h5(path)
+        axes, normalize = (0, 1, 2), protocol.h5_normalize
+    elif kind == "png":
+        nifti, array = None, read_png(path)
+        axes, normalize = (0, 1, 2), protocol.normalize
+    else:
+        raise DataError(f"{path}: unsupported file type, expected one of {SUFFIXES}")
+    file_shape = array.shape
+    if array.ndim == 2:
+        if protocol.dims == 3:
+            raise DataError(f"{path}: 2-D image {array.shape}, but the model is 3-D")
+        # one slice: NIfTI (x, y) gets its z axis, h5 and PNG (H, W) get a leading D axis
+        array = array[..., None] if kind == "nifti" else array[None]
+    if not np.isfinite(array).all():
+        raise DataError(f"{path}: the image contains NaN or inf values")
+    volume = normalise(np.transpose(array, axes), normalize, path)
+    return InputImage(path, kind, volume, file_shape, tuple(axes), normalize, nifti)
+
+
+def normalise(
+    volume: np.ndarray, how: str, source: str | Path, *, constant: str = "error"
+) -> np.ndarray:
+    """Per-volume intensity normalisation (``minmax`` to [0, 1], ``zscore``, ``none``), computed
+    in float64 and returned as float32, so every data path gives the same values.
+
+    ``constant`` says what a constant volume becomes: ``"error"`` (a ``DataError`` naming
+    ``source``; for a file a user hands in) or ``"zeros"`` (for training data, where one blank
+    volume must not stop a run)."""
+    values = np.asarray(volume, dtype=np.float64)
+    if how not in NORMALIZATIONS:
+        raise ValueError(f"normalize={how!r}: expected one of {list(NORMALIZATIONS)}")
+    if constant not in ("error", "zeros"):
+        raise ValueError(f"constant={constant!r}: expected 'error' or 'zeros'")
+    if how == "none":
+        return np.ascontiguousarray(values, dtype=np.float32)
+    if values.size and not np.isfinite(values).all():
+        raise DataError(f"{source}: the image contains NaN or inf values")
+    low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    if high <= low:
+        if constant == "error":
+            what = "min-max normalise" if how == "minmax" else "z-score"
+            raise DataError(f"{source}: constant image (value {low}), cannot {what}")
+        return np.zeros(values.shape, dtype=np.float32)
+    if how == "minmax":
+        values = (values - low) / (high - low)
+    else:
+        values = (values - values.mean()) / values.std()
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def write_labels(image: InputImage, labels: np.ndarray, target: Path) -> Path:
+    """Write the ``(D, H, W)`` label map in the input's format, axis order and geometry."""
+    array = image.to_file_order(labels.astype(np.uint8))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if image.kind == "nifti":
+        write_nifti(target, array, like=image.nifti)
+    elif image.kind == "h5":
+        write_h5(target, {"label": array})
+    else:
+        write_png(target, array)
+    return target
+
+
+# -- readers --------------------------------------------------------------------------------
+def read_nifti(
+    path: Path, dtype: type | None = np.float32, ndims: tuple[int, ...] = (2, 3)
+) -> tuple[Any, np.ndarray]:
+    """The nibabel image (affine, header) and its voxel array: scaled to ``dtype``, or with
+    ``dtype=None`` in the file's own type (integer labels stay integers). Trailing singleton
+    axes are dropped; the array must then have one of ``ndims`` dimensions."""
+    try:
+        nifti = nib.load(str(path))
+        if dtype is None:
+            array = np.asanyarray(nifti.dataobj)
+        else:
+            array = np.asarray(nifti.get_fdata(dtype=dtype))
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: no such file") from err
+    except Exception as err:  # nibabel raises several types for unreadable files
+        raise DataError(f"{path}: cannot read as NIfTI ({err})") from err
+    while array.ndim > max(ndims) and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in ndims:
+        expected = " or ".join(f"{n}-D" for n in ndims)
+        raise DataError(f"{path}: shape {array.shape}, expected a single-channel {expected} image")
+    return nifti, array
+
+
+def read_h5(path: Path, key: str = "image") -> np.ndarray:
+    """Dataset ``key`` of an h5 file as a 2-D or 3-D float32 array."""
+    try:
+        with h5py.File(path, "r") as handle:
+            if key not in handle:
+                raise DataError(f"{path}: missing h5 key {key!r} (keys: {sorted(handle.keys())})")
+            array = np.asarray(handle[key][()], dtype=np.float32)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read as HDF5 ({err})") from err
+    if array.ndim not in (2, 3):
+        raise DataError(f"{path}: {key!r} has shape {array.shape}, expected 2-D or 3-D")
+    return array
+
+
+def read_png(path: Path) -> np.ndarray:
+    """A greyscale PNG as float32 (H, W) with its stored values; colour is refused (see the
+    module docstring)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as png:
+            if png.mode in ("P", "PA"):  # palette indices are not intensities: their colours
+                png = png.convert("RGBA")
+            array = np.asarray(png)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read as PNG ({err})") from err
+    if array.ndim == 3:  # grey + alpha, or grey stored as RGB(A): equal channels only
+        colour = array[..., :1] if array.shape[-1] == 2 else array[..., :3]
+        if not (colour == colour[..., :1]).all():
+            raise DataError(
+                f"{path}: colour PNG {array.shape}, expected a greyscale image (convert it to "
+                "grey first: segssl does not guess which grey conversion fits your data)"
+            )
+        array = colour[..., 0]
+    return array.astype(np.float32)
+
+
+# -- writers --------------------------------------------------------------------------------
+def write_h5(
+    path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None = None
+) -> Path:
+    """One h5 file of gzip-compressed datasets (as the SSL4MIS and UA-MT files are) and
+    optional attributes. Not atomic by itself: write into a staged folder or ``atomic_path``."""
+    with h5py.File(path, "w") as handle:
+        for key, array in arrays.items():
+            handle.create_dataset(key, data=array, compression="gzip")
+        for key, value in (attrs or {}).items():
+            handle.attrs[key] = value
+    return path
+
+
+def write_h5_case(path: Path, image: np.ndarray, label: np.ndarray, **attrs: Any) -> Path:
+    """A training case file: ``image`` and ``label`` datasets, attributes such as ``spacing``."""
+    return write_h5(path, {"image": image, "label": label}, attrs)
+
+
+def write_nifti(path: Path, array: np.ndarray, like: Any) -> Path:
+    """``array`` as NIfTI with the affine and header of ``like`` (dtype and scaling of the
+    array: a label map is stored as integers, not rescaled)."""
+    header = like.header.copy()
+    header.set_data_dtype(array.dtype)
+    out = type(like)(array, like.affine, header)
+    out.header.set_slope_inter(1.0, 0.0)
+    nib.save(out, str(path))
+    return path
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """An 8-bit greyscale PNG of a uint8 (H, W) array."""
+    from PIL import Image
+
+    if array.dtype != np.uint8 or array.ndim != 2:
+        raise ValueError(
+            f"{path}: a PNG is written from a 2-D uint8 array, got {array.dtype} {array.shape}"
+        )
+    Image.fromarray(array, mode="L").save(path)
+    return path
