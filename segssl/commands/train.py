@@ -28,6 +28,7 @@ from segssl.commands.resume import (
 )
 from segssl.data.datamodule import SemiSupervisedDataModule
 from segssl.methods.base import SegmentationMethod
+from segssl.utils.callbacks import StepTimer
 from segssl.utils.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
 from segssl.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from segssl.utils.loggers import run_hyperparameters
@@ -119,7 +120,9 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     metrics = {name: metric_value(trainer, name) for name in trainer.callback_metrics}
     result: dict[str, Any] = {"metrics": metrics}
     if cfg.get("test", True):
-        result.update(evaluate_best(trainer, method, datamodule, output_dir, config))
+        result.update(
+            evaluate_best(trainer, method, datamodule, output_dir, config, step_timing(trainer))
+        )
     for logger in loggers:
         _finish(logger)
     return result
@@ -131,6 +134,7 @@ def evaluate_best(
     datamodule: SemiSupervisedDataModule,
     output_dir: Path,
     config: dict[str, Any],
+    training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Test the checkpoint selected on validation and the last one, each under its own label
     (``test/best/...``, ``test/last/...``); write results.json and the per-case CSVs. The
@@ -156,11 +160,27 @@ def evaluate_best(
         split=split,
         checkpoint=selected["checkpoint"],
         config=config,
-        # said only when it is not the plain best on validation (a damaged best was skipped)
-        extra={"selection": selection} if selection.startswith("next-best") else None,
+        extra=_extra(selection, training),
         evaluations=evaluations,
     )
     return selected["summary"]
+
+
+def _extra(selection: str, training: dict[str, Any] | None) -> dict[str, Any] | None:
+    extra: dict[str, Any] = {}
+    if selection.startswith("next-best"):  # said only when a damaged best was skipped
+        extra["selection"] = selection
+    if training:
+        extra["training"] = training
+    return extra or None
+
+
+def step_timing(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """Seconds per training step from the run's StepTimer, with the device it ran on."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, StepTimer) and callback.steps:
+            return {**callback.summary(), "accelerator": type(trainer.accelerator).__name__}
+    return None
 
 
 def last_checkpoint(trainer: pl.Trainer) -> str | None:

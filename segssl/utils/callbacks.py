@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,52 @@ def render_overlays(panels: list[dict[str, Any]], path: Path, model_name: str) -
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+class StepTimer(pl.Callback):
+    """Wall-clock seconds per training step, data loading included, validation excluded.
+
+    Logged as ``time/step_s`` (mean since the previous log) so runs of different methods can be
+    compared on cost, and kept in the checkpoint so a resumed run reports the whole run's mean
+    (``training`` in results.json). The first step after start or validation is not counted: it
+    holds one-off work (worker start-up, cache building, allocator warm-up)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.steps = 0
+        self._window_seconds = 0.0
+        self._window_steps = 0
+        self._previous: float | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._previous is not None:
+            elapsed = now - self._previous
+            self.seconds += elapsed
+            self.steps += 1
+            self._window_seconds += elapsed
+            self._window_steps += 1
+        self._previous = now
+        if self._window_steps and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            pl_module.log("time/step_s", self._window_seconds / self._window_steps)
+            self._window_seconds, self._window_steps = 0.0, 0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._previous = None  # the step after validation would count the validation
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._previous = None
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        return self.seconds / self.steps if self.steps else None
+
+    def summary(self) -> dict[str, Any]:
+        return {"timed_steps": self.steps, "seconds_per_step": self.seconds_per_step}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "steps": self.steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seconds = float(state_dict.get("seconds", 0.0))
+        self.steps = int(state_dict.get("steps", 0))
