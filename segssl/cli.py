@@ -46,6 +46,11 @@ COMMANDS: dict[str, Command] = {
         None,
         "mean +- std over seeds of run folders: report PATH... [--out DIR]",
     ),
+    "plan": Command(
+        "segssl.commands.plan:main",
+        None,
+        "fingerprint a NIfTI folder and write its experiment: plan data.root=PATH [name=NAME]",
+    ),
     "filter": Command(
         "segssl.commands.filter:main",
         None,
@@ -98,8 +103,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if command.before_hydra:
         rest = load(command.before_hydra)(rest)
-    from segssl.commands.hydra_app import hydra_command
+    from segssl.commands.hydra_app import hydra_command, search_path_override
 
     os.environ["SEGSSL_COMMAND"] = name  # read back by DDP children (above)
-    sys.argv = [f"segssl {name}", *rest]
+    # experiments of segssl_configs/ or SEGSSL_CONFIG_PATH (what `segssl plan` writes)
+    # (first: after an option such as --cfg job, argparse takes no more overrides)
+    sys.argv = [f"segssl {name}", *search_path_override(rest), *rest]
     hydra_command(command.config, load(command.entry))()

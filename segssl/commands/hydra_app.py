@@ -33,6 +33,35 @@ def config_dir() -> Path:
     )
 
 
+# where `segssl plan` writes experiments and `+experiment=NAME` finds them: folders named by
+# SEGSSL_CONFIG_PATH (separated like PATH), then ./segssl_configs of the working directory
+CONFIG_PATH_ENV = "SEGSSL_CONFIG_PATH"
+LOCAL_CONFIG_DIR = "segssl_configs"
+
+
+def user_config_dirs() -> list[Path]:
+    """The users' config folders that exist, in search order (after the packaged configs, so a
+    user file cannot silently replace a packaged one of the same name)."""
+    folders = [Path(p).expanduser() for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep)]
+    folders.append(Path.cwd() / LOCAL_CONFIG_DIR)
+    found: list[Path] = []
+    for folder in folders:
+        if str(folder) not in ("", ".") and folder.is_dir() and folder.resolve() not in found:
+            found.append(folder.resolve())
+    return found
+
+
+def search_path_override(argv: list[str]) -> list[str]:
+    """A ``hydra.searchpath=[...]`` override adding the users' config folders, unless the
+    command line sets the search path itself."""
+    folders = user_config_dirs()
+    if not folders or any(a.lstrip("+~").startswith("hydra.searchpath") for a in argv):
+        return []
+    escaped = (f"file://{f}".replace("\\", "\\\\").replace("'", "\\'") for f in folders)
+    quoted = (f"'{path}'" for path in escaped)
+    return ["hydra.searchpath=[" + ",".join(quoted) + "]"]
+
+
 def hydra_command(config_name: str, task: Callable) -> Callable[[], Any]:
     """Wrap a task function ``task(cfg)`` as a Hydra app reading the packaged configs."""
     import hydra

@@ -103,16 +103,25 @@ def predict_files(
             failed.append({"input": str(path.resolve()), "error": f"{type(err).__name__}: {err}"})
             continue
         log.info("%s -> %s", path, target)
-        items.append(
-            {
-                "input": str(path.resolve()),
-                "output": str(target.resolve()),
-                "format": image.kind,
-                "shape": list(image.file_shape),
-                "model_axes": list(image.axes),
-                "normalize": image.normalize,
-            }
-        )
+        item = {
+            "input": str(path.resolve()),
+            "output": str(target.resolve()),
+            "format": image.kind,
+            "shape": list(image.file_shape),
+            "model_axes": list(image.axes),
+            "normalize": image.normalize,
+        }
+        if image.grid_shape is not None:  # resampled to the training spacing, and back
+            item["model_shape"] = list(image.volume.shape)
+        elif protocol.target_spacing is not None and image.kind != "nifti":
+            log.warning(
+                "%s: %s files carry no spacing, predicted on their own grid (the model was "
+                "trained at %s mm)",
+                path,
+                image.kind,
+                list(protocol.target_spacing),
+            )
+        items.append(item)
     if not items:
         reasons = "; ".join(f"{f['input']}: {f['error']}" for f in failed)
         raise PartialPredictionError(f"no input could be predicted, nothing written: {reasons}")
@@ -125,12 +134,7 @@ def predict_files(
             for k, v in method.evaluator.protocol().items()
             if k not in ("distance_units", "empty_mask_policy")
         },
-        "input_protocol": {
-            "dims": protocol.dims,
-            "normalize": protocol.normalize,
-            "h5_normalize": protocol.h5_normalize,
-            "nifti_axes": list(protocol.nifti_axes),
-        },
+        "input_protocol": protocol_record(protocol),
         "status": "partial" if failed else "complete",
         "predictions": items,
         "failed": failed,
@@ -145,6 +149,22 @@ def predict_files(
             f"{len(items)} were written, and {out / MANIFEST} lists each failure and its reason"
         )
     return manifest
+
+
+def protocol_record(protocol: InputProtocol) -> dict[str, Any]:
+    """The input protocol as ``predictions.json`` records it; ``target_spacing`` and
+    ``intensity`` only when the run set them (earlier manifests stay as they were)."""
+    record: dict[str, Any] = {
+        "dims": protocol.dims,
+        "normalize": protocol.normalize,
+        "h5_normalize": protocol.h5_normalize,
+        "nifti_axes": list(protocol.nifti_axes),
+    }
+    if protocol.target_spacing is not None:
+        record["target_spacing"] = list(protocol.target_spacing)
+    if protocol.intensity is not None:
+        record["intensity"] = dict(protocol.intensity)
+    return record
 
 
 def write_prediction(image: InputImage, labels: np.ndarray, target: Path) -> None:
@@ -180,7 +200,8 @@ def input_protocol(
     - ``ssl4mis`` (ACDC, synthetic): min-max to [0, 1] per volume; NIfTI (x, y, z) is read as
       (z, y, x), slices along z, the order of ``prepare_acdc``; h5 volumes (D, H, W) as stored.
     - ``uamt`` (LA): z-score per volume; NIfTI and h5 axes as they are (UA-MT's (H, W, D)).
-    - ``folder``: its ``normalize`` setting; 2-D models slice along its ``slice_axis``.
+    - ``folder``: its ``normalize`` setting (``ct`` with its ``intensity`` numbers); 2-D models
+      slice along its ``slice_axis``; NIfTI input is resampled to its ``target_spacing``.
 
     h5 files of the SSL4MIS and UA-MT layouts are stored already normalised, so they are used
     as stored. ``normalize`` and ``axes`` (NIfTI axes taken as D, H, W) override the defaults.
@@ -193,11 +214,14 @@ def input_protocol(
         "ssl4mis": ("minmax", "none", (2, 1, 0)),
         "uamt": ("zscore", "none", (0, 1, 2)),
     }
+    target_spacing = intensity = None
     if layout == "folder":
         slice_axis = int(options.get("slice_axis", 2))
         order = (slice_axis, *(a for a in range(3) if a != slice_axis))
         how = options.get("normalize", "zscore")
         defaults["folder"] = (how, how, order)
+        target_spacing = options.get("target_spacing")
+        intensity = options.get("intensity")
     if layout not in defaults and (normalize is None or axes is None):
         raise ValueError(
             f"the checkpoint's data.layout={layout!r} has no known input protocol; give "
@@ -211,6 +235,8 @@ def input_protocol(
         normalize=normalize or nifti_how,
         h5_normalize=normalize or h5_how,
         nifti_axes=tuple(axes) if axes is not None else order,
+        target_spacing=target_spacing,
+        intensity=intensity,
     )
 
 

@@ -7,19 +7,23 @@ colour image is refused, since no single grey conversion is right for segmentati
 Intensities are the file's own (8-bit PNGs stay 0..255): scaling is ``normalise``'s job.
 
 ``normalise`` is the per-volume min-max / z-score used by every data path (prepare_acdc, the
-synthetic phantom, the NIfTI folder layout, predict), computed in float64 and stored as float32.
+synthetic phantom, the NIfTI folder layout, predict), computed in float64 and stored as float32;
+and nnU-Net's CT normalisation (``ct``: clip to dataset-wide foreground percentiles, z-score
+with the dataset's foreground mean and std), whose numbers are given (``intensity``), not
+computed per volume.
 
 For ``segssl predict``: an input becomes the model's float volume ``(D, H, W)`` (2-D
-slice-wise models read it slice by slice along D; 3-D models take it whole), normalised as the
-training data was; the predicted labels go back to the file's own axis order and geometry
-(NIfTI affine and header kept).
+slice-wise models read it slice by slice along D; 3-D models take it whole), resampled to the
+training spacing (NIfTI, when the run had ``target_spacing``) and normalised as the training
+data was; the predicted labels go back to the file's own grid, axis order and geometry (NIfTI
+affine and header kept).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +31,33 @@ import h5py
 import nibabel as nib
 import numpy as np
 
+from segssl.data import resample
 from segssl.data.readers import DataError
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".nii.gz", ".nii", ".h5", ".png")
-NORMALIZATIONS = ("minmax", "zscore", "none")
+NORMALIZATIONS = ("minmax", "zscore", "none", "ct")
+# the dataset-wide numbers of ``ct`` normalisation (data.layout_options.intensity)
+INTENSITY_KEYS = ("low", "high", "mean", "std")
+INTENSITY_KEY = "data.layout_options.intensity"
 PRED_SUFFIX = "_pred"
 
 
 @dataclass(frozen=True)
 class InputProtocol:
     """How files become model input: ``dims`` 2 (slice-wise) or 3; the intensity normalisation
-    of NIfTI/PNG files and of h5 files (stored already normalised in the training layouts); and
-    ``nifti_axes``, the NIfTI axes taken as (D, H, W)."""
+    of NIfTI/PNG files and of h5 files (stored already normalised in the training layouts);
+    ``nifti_axes``, the NIfTI axes taken as (D, H, W); ``target_spacing``, the spacing (mm, NIfTI
+    axis order) NIfTI input is resampled to (None: as it is); ``intensity``, the numbers of
+    ``ct`` normalisation."""
 
     dims: int
     normalize: str
     h5_normalize: str
     nifti_axes: tuple[int, int, int]
+    target_spacing: tuple[float, float, float] | None = None
+    intensity: dict[str, float] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("normalize", "h5_normalize"):
@@ -55,6 +67,13 @@ class InputProtocol:
                 )
         if sorted(self.nifti_axes) != [0, 1, 2]:
             raise ValueError(f"axes={list(self.nifti_axes)}: expected a permutation of [0, 1, 2]")
+        object.__setattr__(
+            self, "target_spacing", resample.check_target_spacing(self.target_spacing)
+        )
+        needs_ct = "ct" in (self.normalize, self.h5_normalize)
+        object.__setattr__(
+            self, "intensity", check_intensity(self.intensity, "ct" if needs_ct else None)
+        )
 
 
 @dataclass
@@ -68,10 +87,15 @@ class InputImage:
     axes: tuple[int, int, int]  # volume = file array (as 3-D) transposed by these axes
     normalize: str
     nifti: Any = None  # the nibabel image (affine and header) for NIfTI input
+    # resampled input: the file's 3-D grid (file axis order) the labels are resampled back to
+    grid_shape: tuple[int, int, int] | None = None
 
     def to_file_order(self, labels: np.ndarray) -> np.ndarray:
-        """Labels ``(D, H, W)`` back in the file's axis order and shape."""
+        """Labels ``(D, H, W)`` back in the file's axis order, grid and shape (a resampled
+        input's labels by nearest neighbour, so they stay class indices)."""
         array = np.transpose(labels, np.argsort(self.axes))
+        if self.grid_shape is not None:
+            array = resample.resize(array, self.grid_shape, "nearest")
         return np.ascontiguousarray(array.reshape(self.file_shape))
 
 
@@ -125,11 +149,15 @@ def list_inputs(inputs: str | Path | list) -> list[Path]:
 
 
 def read_input(path: Path, protocol: InputProtocol) -> InputImage:
-    """Read one image file as the model's normalised (D, H, W) volume."""
+    """Read one image file as the model's normalised (D, H, W) volume; NIfTI input is first
+    resampled to ``protocol.target_spacing`` from its header's spacing (h5 and PNG files carry
+    no spacing and are used on their own grid)."""
     kind = image_kind(path)
+    spacing: list[float] = []
     if kind == "nifti":
         nifti, array = read_nifti(path)
         axes, normalize = protocol.nifti_axes, protocol.normalize
+        spacing = [float(z) for z in nifti.header.get_zooms()[: array.ndim]]
     elif kind == "h5":
         nifti, array = None, read_h5(path)
         axes, normalize = (0, 1, 2), protocol.h5_normalize
@@ -142,23 +170,42 @@ def read_input(path: Path, protocol: InputProtocol) -> InputImage:
     if array.ndim == 2:
         if protocol.dims == 3:
             raise DataError(f"{path}: 2-D image {array.shape}, but the model is 3-D")
-        # one slice: NIfTI (x, y) gets its z axis, h5 and PNG (H, W) get a leading D axis
-        array = array[..., None] if kind == "nifti" else array[None]
+        # one slice: NIfTI (x, y) gets its slice axis where the model's D axis is (the folder
+        # layout's slice_axis, z for ACDC), h5 and PNG (H, W) get a leading D axis
+        if kind == "nifti":
+            array = np.expand_dims(array, axes[0])
+            spacing.insert(axes[0], 1.0)
+        else:
+            array = array[None]
     if not np.isfinite(array).all():
         raise DataError(f"{path}: the image contains NaN or inf values")
-    volume = normalise(np.transpose(array, axes), normalize, path)
-    return InputImage(path, kind, volume, file_shape, tuple(axes), normalize, nifti)
+    grid_shape = None
+    if kind == "nifti" and protocol.target_spacing is not None:
+        resampled, _ = resample.resample(array, spacing, protocol.target_spacing, "linear")
+        if resampled.shape != array.shape:
+            grid_shape, array = array.shape, resampled
+    volume = normalise(np.transpose(array, axes), normalize, path, intensity=protocol.intensity)
+    return InputImage(
+        path, kind, volume, file_shape, tuple(axes), normalize, nifti, grid_shape=grid_shape
+    )
 
 
 def normalise(
-    volume: np.ndarray, how: str, source: str | Path, *, constant: str = "error"
+    volume: np.ndarray,
+    how: str,
+    source: str | Path,
+    *,
+    constant: str = "error",
+    intensity: Mapping[str, float] | None = None,
 ) -> np.ndarray:
-    """Per-volume intensity normalisation (``minmax`` to [0, 1], ``zscore``, ``none``), computed
-    in float64 and returned as float32, so every data path gives the same values.
+    """Intensity normalisation, computed in float64 and returned as float32, so every data path
+    gives the same values: per volume ``minmax`` (to [0, 1]) or ``zscore``; ``none``; or ``ct``
+    with the dataset's numbers ``intensity`` (see ``check_intensity``): clip to [low, high],
+    then (x - mean) / std.
 
-    ``constant`` says what a constant volume becomes: ``"error"`` (a ``DataError`` naming
-    ``source``; for a file a user hands in) or ``"zeros"`` (for training data, where one blank
-    volume must not stop a run)."""
+    ``constant`` says what a constant volume becomes under minmax/zscore: ``"error"`` (a
+    ``DataError`` naming ``source``; for a file a user hands in) or ``"zeros"`` (for training
+    data, where one blank volume must not stop a run)."""
     values = np.asarray(volume, dtype=np.float64)
     if how not in NORMALIZATIONS:
         raise ValueError(f"normalize={how!r}: expected one of {list(NORMALIZATIONS)}")
@@ -168,6 +215,11 @@ def normalise(
         return np.ascontiguousarray(values, dtype=np.float32)
     if values.size and not np.isfinite(values).all():
         raise DataError(f"{source}: the image contains NaN or inf values")
+    if how == "ct":
+        stats = check_intensity(intensity, how)
+        assert stats is not None  # check_intensity raises for ct without numbers
+        values = (np.clip(values, stats["low"], stats["high"]) - stats["mean"]) / stats["std"]
+        return np.ascontiguousarray(values, dtype=np.float32)
     low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
     if high <= low:
         if constant == "error":
@@ -179,6 +231,35 @@ def normalise(
     else:
         values = (values - values.mean()) / values.std()
     return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def check_intensity(intensity: Any, normalize: str | None) -> dict[str, float] | None:
+    """The ``ct`` numbers as floats ``{low, high, mean, std}`` (None when not given and not
+    needed), else a ``DataError`` naming ``data.layout_options.intensity``: ``normalize=ct``
+    needs all four, finite, with low <= high and std > 0."""
+    expected = (
+        "expected {low: float, high: float, mean: float, std: float} (the dataset's foreground "
+        "intensity percentiles to clip to, then its foreground mean and std) with low <= high "
+        "and std > 0"
+    )
+    if intensity is None:
+        if normalize == "ct":
+            raise DataError(f"{INTENSITY_KEY}=null but normalize=ct: {expected}")
+        return None
+    if not isinstance(intensity, Mapping) or set(intensity) != set(INTENSITY_KEYS):
+        raise DataError(f"{INTENSITY_KEY}={intensity!r}: {expected}")
+    try:
+        stats = {k: float(intensity[k]) for k in INTENSITY_KEYS}
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{INTENSITY_KEY}={intensity!r}: {expected}") from err
+    if (
+        any(isinstance(intensity[k], bool) for k in INTENSITY_KEYS)
+        or not all(np.isfinite(v) for v in stats.values())
+        or stats["std"] <= 0
+        or stats["low"] > stats["high"]
+    ):
+        raise DataError(f"{INTENSITY_KEY}={dict(intensity)!r}: {expected}")
+    return stats
 
 
 def write_labels(image: InputImage, labels: np.ndarray, target: Path) -> Path:

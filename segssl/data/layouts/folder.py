@@ -12,8 +12,10 @@ Layout under ``root``::
 ``dims=3`` trains on random 3-D patches of the volumes; ``dims=2`` on their slices along
 ``slice_axis`` (a 2-D image is a volume of one slice), evaluating whole volumes slice by slice
 along that axis. The labeled subset is the first ``data.labeled`` cases of ``train.list`` that
-have a label file. Each volume's intensities are normalised on read (``normalize``); the voxel
-spacing (mm) comes from the NIfTI header.
+have a label file. Each volume's intensities are normalised on read (``normalize``; ``ct``
+with the dataset's numbers ``intensity``); the voxel spacing (mm) comes from the NIfTI header.
+With ``target_spacing`` every case is first resampled to that spacing (``segssl.data.resample``:
+image linear, label nearest), and the resampled volume's spacing is the target.
 
 With ``cache`` (the default) each case is decoded, checked and normalised once, in threads, into
 uncompressed ``.npy`` files under ``cache_dir`` (default ``<root>/.cache``; see
@@ -32,7 +34,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from segssl.data import image_io
+from segssl.data import image_io, resample
 from segssl.data.preprocessed import (
     CaseJob,
     Entry,
@@ -45,7 +47,8 @@ from segssl.utils.atomic import WriteError
 
 SPLITS = ("train", "val", "test")
 # per-volume intensity normalisation (segssl.data.image_io.normalise, as predict uses): zscore as
-# UA-MT's LA preprocessing, minmax (to [0, 1]) as SSL4MIS's ACDC; a constant volume becomes zeros
+# UA-MT's LA preprocessing, minmax (to [0, 1]) as SSL4MIS's ACDC (a constant volume becomes
+# zeros); ct (nnU-Net's) with the dataset's numbers given in ``intensity``
 NORMALIZERS = image_io.NORMALIZATIONS
 _SLICE_ID = re.compile(r"^(?P<case>.+)_slice_(?P<index>\d+)$")
 # Bump when what the cache stores for a case changes (reading, checks, normalisation, axes), so
@@ -65,6 +68,8 @@ class FolderLayout:
         cache: bool = True,
         cache_dir: str | Path | None = None,
         workers: int | None = None,
+        target_spacing: list[float] | None = None,
+        intensity: dict[str, float] | None = None,
     ) -> None:
         """Args:
         root: the folder holding imagesTr/, labelsTr/ and the split lists.
@@ -75,6 +80,11 @@ class FolderLayout:
             the NIfTI files on every read, keeping only the last volume).
         cache_dir: where the preprocessed cases go (default ``<root>/.cache``).
         workers: threads that preprocess cases (default: the CPU count, at most 8).
+        target_spacing: resample every case to this spacing (mm, [s0, s1, s2] in the volume's
+            axis order: the NIfTI header's for 3-D images; a 2-D image's slice axis, inserted
+            at ``slice_axis``, is never resampled); None: the cases' own grids.
+        intensity: ``{low, high, mean, std}`` of ``normalize=ct``: the dataset's foreground
+            intensity percentiles to clip to, then its foreground mean and std.
         """
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
@@ -94,18 +104,22 @@ class FolderLayout:
         ):
             raise DataError(f"data.layout_options.workers={workers!r}: expected an int >= 1")
         self.train_ndim, self.slice_axis, self.normalize = dims, slice_axis, normalize
+        self.target_spacing = resample.check_target_spacing(target_spacing)
+        self.intensity = image_io.check_intensity(intensity, normalize)
         # stored axis order: slice axis first for 2-D (a slice is contiguous), as read for 3-D
         self.axes = (
             (slice_axis, *(a for a in range(3) if a != slice_axis)) if dims == 2 else (0, 1, 2)
         )
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / ".cache"
         self.workers = workers
+        options: dict = {"slice_axis": slice_axis, "normalize": normalize, "axes": list(self.axes)}
+        # keyed only when they change what is stored, so default settings keep their entries
+        if self.target_spacing is not None:
+            options["target_spacing"] = list(self.target_spacing)
+        if normalize == "ct":
+            options["intensity"] = self.intensity
         self._store = (
-            PreprocessedCache(
-                self.cache_dir / "folder",
-                PREPROCESS_VERSION,
-                {"slice_axis": slice_axis, "normalize": normalize, "axes": list(self.axes)},
-            )
+            PreprocessedCache(self.cache_dir / "folder", PREPROCESS_VERSION, options)
             if cache
             else None
         )
@@ -245,6 +259,8 @@ class FolderLayout:
             label_path if label_path.is_file() else None,
             self.slice_axis,
             self.normalize,
+            target_spacing=self.target_spacing,
+            intensity=self.intensity,
         )
         if label is not None:
             lo, hi = label_range(label)
@@ -255,18 +271,27 @@ class FolderLayout:
         return sample
 
     def _volume_shape(self, case: str) -> tuple[int, ...]:
-        """The case's 3-D shape: from the cache, else from the header only (no voxel data)."""
+        """The case's 3-D shape (resampled, with ``target_spacing``): from the cache, else from
+        the header only (no voxel data)."""
         if self._store is not None:
             return tuple(self._entry(case).info["shape"])
         path = self.image_path(case)
         try:
-            shape = tuple(int(s) for s in nib.load(str(path)).shape)
+            header = nib.load(str(path)).header
+            shape = tuple(int(s) for s in header.get_data_shape())
+            spacing = [float(z) for z in header.get_zooms()]
         except Exception as err:
             raise DataError(f"{path}: cannot read as NIfTI ({err})") from err
+        while len(shape) > 3 and shape[-1] == 1:  # as image_io.read_nifti drops them
+            shape = shape[:-1]
+        spacing = spacing[: len(shape)]
         if len(shape) == 2:
             shape = (*shape[: self.slice_axis], 1, *shape[self.slice_axis :])
+            spacing.insert(self.slice_axis, 1.0)
         if len(shape) != 3:
             raise DataError(f"{path}: shape {shape}, expected a single-channel 2-D or 3-D image")
+        if self.target_spacing is not None:
+            shape = resample.target_shape(shape, spacing, self.target_spacing)
         return shape
 
     # -- the preprocessed cache -------------------------------------------------------------
@@ -277,7 +302,12 @@ class FolderLayout:
     def _prepare(self, jobs: list[CaseJob]) -> None:
         workers = self.workers or max(1, min(8, os.cpu_count() or 1))
         prepare = partial(
-            prepare_case, slice_axis=self.slice_axis, normalize=self.normalize, axes=self.axes
+            prepare_case,
+            slice_axis=self.slice_axis,
+            normalize=self.normalize,
+            axes=self.axes,
+            target_spacing=self.target_spacing,
+            intensity=self.intensity,
         )
         try:
             self._store.ensure(jobs, prepare, workers, desc=f"Preprocessing {self.root.name}")
@@ -329,22 +359,37 @@ def read_nifti(path: Path, slice_axis: int) -> tuple[np.ndarray, tuple[float, ..
 
 
 def read_case(
-    image_path: Path, label_path: Path | None, slice_axis: int, normalize: str
+    image_path: Path,
+    label_path: Path | None,
+    slice_axis: int,
+    normalize: str,
+    *,
+    target_spacing: tuple[float, float, float] | None = None,
+    intensity: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...]]:
-    """A case's normalised float32 image, its int64 label (or None) and spacing, checked for
-    everything but the label range (which depends on ``data.num_classes``)."""
+    """A case's float32 image, its int64 label (or None) and spacing, resampled to
+    ``target_spacing`` (the image's header spacing is the source grid of both; image linear,
+    label nearest) and then normalised; checked for everything but the label range (which
+    depends on ``data.num_classes``)."""
     image, spacing = read_nifti(image_path, slice_axis)
-    image = image_io.normalise(image, normalize, image_path, constant="zeros")
     label = None
     if label_path is not None:
         label, _ = read_nifti(label_path, slice_axis)
         if not np.array_equal(label, np.rint(label)):
             raise DataError(f"{label_path}: non-integer label values, expected class indices")
         label = label.astype(np.int64)
+        if label.shape != image.shape:
+            raise DataError(
+                f"{label_path}: 'label' shape {label.shape} != 'image' shape {image.shape}"
+            )
+    if target_spacing is not None:
+        image, new_spacing = resample.resample(image, spacing, target_spacing, "linear")
+        if label is not None:
+            label, _ = resample.resample(label, spacing, target_spacing, "nearest")
+        spacing = new_spacing
+    image = image_io.normalise(image, normalize, image_path, constant="zeros", intensity=intensity)
     # the range check needs num_classes: here a bound no label reaches
     check_sample(label_path or image_path, image, None, num_classes=1, expected_ndim=3)
-    if label is not None and label.shape != image.shape:
-        raise DataError(f"{label_path}: 'label' shape {label.shape} != 'image' shape {image.shape}")
     return image, label, spacing
 
 
@@ -361,12 +406,25 @@ def check_label_range(path: Path, lo: int, hi: int, *, num_classes: int) -> None
 
 
 def prepare_case(
-    job: CaseJob, *, slice_axis: int, normalize: str, axes: tuple[int, int, int]
+    job: CaseJob,
+    *,
+    slice_axis: int,
+    normalize: str,
+    axes: tuple[int, int, int],
+    target_spacing: tuple[float, float, float] | None = None,
+    intensity: dict[str, float] | None = None,
 ) -> Prepared:
     """What the cache stores for a case: image (float32) and label (uint8 when its values fit)
-    in ``axes`` order, with the original shape, spacing and label range."""
+    in ``axes`` order, with the shape (before the transpose), spacing and label range."""
     image_path, label_path = job.sources
-    image, label, spacing = read_case(image_path, label_path, slice_axis, normalize)
+    image, label, spacing = read_case(
+        image_path,
+        label_path,
+        slice_axis,
+        normalize,
+        target_spacing=target_spacing,
+        intensity=intensity,
+    )
     arrays = {"image": image.transpose(axes)}
     info: dict = {"shape": list(image.shape), "spacing": list(spacing)}
     if label is not None:
