@@ -213,7 +213,7 @@ def test_moved_run_folder_resumes_and_tests_its_true_best(first_run, run_task, t
     names = best_names(moved)
     assert len(names) == 2  # the top 2 kept, tracked by name in the moved folder
     assert names[tested.name] == max(names.values())
-    assert "extra" not in results  # the plain best on validation
+    assert "selection" not in results.get("extra", {})  # the plain best on validation
 
 
 def test_damaged_best_checkpoint_is_dropped_and_the_next_best_tested(first_run, run_task, caplog):

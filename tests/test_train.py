@@ -15,6 +15,7 @@ from segssl.commands.hydra_app import config_dir
 from tests.conftest import TINY
 
 RESULT_KEYS = {
+    "extra",
     "split",
     "checkpoint",
     "protocol",
@@ -77,6 +78,11 @@ def test_each_method_trains_and_writes_results(run_task, method):
     )
     assert checkpoint["global_step"] == 2  # best on validation at step 2, not the last step
     assert (output_dir / "per_case.csv").read_text().count("\n") == 1 + 4 * 3 * len(models)
+    # cost: seconds per training step (validation excluded), also logged as time/step_s
+    training = results["extra"]["training"]
+    assert training["timed_steps"] >= 1 and training["seconds_per_step"] > 0
+    assert training["accelerator"] == "CPUAccelerator"
+    assert "time/step_s" in next((output_dir / "csv").rglob("metrics.csv")).read_text()
     assert (output_dir / "training_views.png").stat().st_size > 1000  # first validation
     assert (output_dir / "val_overlays" / "step_2.png").stat().st_size > 1000
 
@@ -318,3 +324,16 @@ def test_default_config_on_the_real_acdc_copy(run_task, caplog):
     assert results["split"] == "val" and results["models"]["ensemble"]["num_cases"] == 20
     assert "No test split" in caplog.text and "test.list is missing" in caplog.text
     assert not (root / "synthetic.json").exists()
+
+
+def test_step_timer_carries_its_totals_through_a_checkpoint():
+    """A resumed run reports the whole run's seconds per step, not only the last segment's."""
+    from segssl.utils.callbacks import StepTimer
+
+    first = StepTimer()
+    first.seconds, first.steps = 6.0, 4
+    resumed = StepTimer()
+    resumed.load_state_dict(first.state_dict())
+    resumed.seconds += 4.0
+    resumed.steps += 1
+    assert resumed.summary() == {"timed_steps": 5, "seconds_per_step": 2.0}
