@@ -29,6 +29,7 @@ def compose(tmp_path, overrides: list[str]):
         [],  # the tiny test config
         ["trainer.max_steps=600", "trainer.val_check_interval=100", "data.image_size=64"],
         ["model=attention_unet2d", "data.image_size=48"],
+        ["model=unet_ssl4mis", "data.image_size=48"],
         ["data.image_size=50"],  # BasicUNet pads odd sizes
         [*LA, "data.patch_size=[112,112,80]", "trainer.accelerator=cpu"],
         ["trainer.val_check_interval=0.5"],
@@ -62,6 +63,11 @@ def test_the_default_config_passes(tmp_path):
             ["model=attention_unet2d", "data.image_size=40"],
             "data.image_size=40: model=attention_unet2d (monai.networks.nets.AttentionUnet) "
             "down-samples by 16 and cannot pad: expected multiples of 16",
+        ),
+        (
+            ["model=unet_ssl4mis", "data.image_size=40"],
+            "data.image_size=40: model=unet_ssl4mis (segssl.models.unet.UNet) pools 4 times and "
+            "concatenates skips without padding: expected multiples of 16 (e.g. 32x32)",
         ),
         (
             [*LA, "data.patch_size=[112,0,80]"],
@@ -106,13 +112,15 @@ def test_activation_estimate_scales_with_size_batch_and_networks(tmp_path):
     assert one == settings_check.TENSORS_PER_LEVEL["BasicUNet"] * 126976 * 4 * 4
 
 
-def test_the_estimate_is_near_what_autograd_keeps(tmp_path):
+@pytest.mark.parametrize("model", ["unet2d", "unet_ssl4mis"])
+def test_the_estimate_is_near_what_autograd_keeps(tmp_path, model):
     """The documented estimate: within a factor of two of the tensors a real training forward
     of the configured network keeps for backward."""
     import torch
     from hydra.utils import instantiate
 
-    cfg = compose(tmp_path, ["data.image_size=96", "data.batch_size=2", "method=supervised"])
+    overrides = ["data.image_size=96", "data.batch_size=2", "method=supervised", f"model={model}"]
+    cfg = compose(tmp_path, overrides)
     net = instantiate({k: v for k, v in cfg.model.items() if k not in ("channels_last", "compile")})
     kept: dict[int, int] = {}
 

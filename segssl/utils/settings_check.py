@@ -29,8 +29,9 @@ MAX_SEED = 2**32 - 1  # numpy's seed range, used by seed_everything
 # Tensors kept for the backward pass per resolution level, in units of one feature map of that
 # level (the conv, norm and activation outputs of its encoder and decoder blocks), measured
 # with torch.autograd.graph.saved_tensors_hooks on one training forward: MONAI BasicUNet
-# 16..256 at 256 px 13.1 (19.9 at 64 px), AttentionUnet at 128 px 14.4, segssl VNet 10.0.
-TENSORS_PER_LEVEL = {"BasicUNet": 13, "AttentionUnet": 14, "VNet": 10}
+# 16..256 at 256 px 13.1 (19.9 at 64 px), AttentionUnet at 128 px 14.4, segssl VNet 10.0,
+# segssl's SSL4MIS UNet (dropout masks kept too) 15.9 at 256 px (18.7 at 96, 22.7 at 64).
+TENSORS_PER_LEVEL = {"BasicUNet": 13, "AttentionUnet": 14, "VNet": 10, "SSL4MISUNet": 16}
 # refuse above the free memory; warn above this share of it
 WARN_SHARE = 0.8
 
@@ -114,13 +115,18 @@ _ARCHITECTURES = {"basicunet": "BasicUNet", "attentionunet": "AttentionUnet", "v
 
 def _architecture(model: dict[str, Any]) -> str | None:
     """Which of the networks this module knows the config builds (MONAI aliases included)."""
-    return _ARCHITECTURES.get(str(model.get("_target_", "")).rsplit(".", 1)[-1].lower())
+    target = str(model.get("_target_", ""))
+    if target == "segssl.models.unet.UNet":  # not MONAI's UNet, a different network
+        return "SSL4MISUNet"
+    return _ARCHITECTURES.get(target.rsplit(".", 1)[-1].lower())
 
 
 def _spatial_dims(model: dict[str, Any]) -> int | None:
     architecture = _architecture(model)
     if architecture == "VNet":
         return 3
+    if architecture == "SSL4MISUNet":
+        return 2
     if architecture is not None:
         return int(model.get("spatial_dims", 3))  # MONAI's default is 3
     return None
@@ -158,6 +164,11 @@ def _size_problems(cfg: DictConfig) -> list[str]:
                 f"{key}={value!r}: {_model_name(cfg)} down-samples by {factor} and cannot pad: "
                 f"expected multiples of {factor} (e.g. {_nearest(sides, factor)})"
             ]
+    elif architecture == "SSL4MISUNet" and any(s % 16 for s in sides):
+        return [
+            f"{key}={value!r}: {_model_name(cfg)} pools 4 times and concatenates skips without "
+            f"padding: expected multiples of 16 (e.g. {_nearest(sides, 16)})"
+        ]
     elif architecture == "BasicUNet":
         norm = str(model.get("norm", "instance")).lower()
         bottleneck = [s // 16 for s in sides]
@@ -182,6 +193,8 @@ def _feature_pyramid(model: dict[str, Any]) -> list[int] | None:
         return [int(f) for f in model.get("features", [32, 32, 64, 128, 256, 32])[:5]]
     if architecture == "AttentionUnet":
         return [int(c) for c in model.get("channels", [])] or None
+    if architecture == "SSL4MISUNet":
+        return [int(f) for f in model.get("features", [16, 32, 64, 128, 256])[:5]]
     if architecture == "VNet":
         base = int(model.get("features", 16))
         return [base * 2**level for level in range(5)]
