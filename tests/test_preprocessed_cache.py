@@ -129,6 +129,18 @@ def test_the_dsaif_view_cache_is_built_from_the_preprocessed_arrays(root, tmp_pa
     raw = layout(root, cache=False).load("train", item["case"], num_classes=2, require_label=True)
     np.testing.assert_array_equal(item["image"][0], raw.image)
     assert len(list((tmp_path / "views").glob("*.h5"))) == 1
+    # other layout options give other images, so other views: never the cached ones
+    other = SemiSupervisedDataModule(
+        root=root, num_classes=2, class_names=["fg"], labeled=1, image_size=16, batch_size=2,
+        labeled_batch_size=1, layout="folder", num_workers=1,
+        layout_options={"workers": 1, "normalize": "minmax"},
+        views=dsaif_views(area_threshold=4, cache=True, cache_dir=str(tmp_path / "views")),
+    )  # fmt: skip
+    other.setup("fit")
+    assert len(list((tmp_path / "views").glob("*.h5"))) == 2
+    minmax = other._train["labeled"][3]["image"]
+    assert minmax[0].min() >= 0.0 > item["image"][0].min()  # min-max vs z-scored
+    assert not np.array_equal(minmax[1:], item["image"][1:])
 
 
 def test_a_touched_or_changed_source_invalidates_its_entry_only(root, decodes):

@@ -22,6 +22,9 @@ from segssl.data.transforms import patch_train_transforms, slice_train_transform
 
 log = logging.getLogger(__name__)
 
+# layout options that do not change what an image holds (see _attach_view_cache)
+NOT_IMAGE_OPTIONS = frozenset({"cache", "cache_dir", "workers"})
+
 
 def first_item(batch: list[Any]) -> Any:
     """Collate for whole volumes: one volume per step, kept as numpy arrays."""
@@ -217,7 +220,13 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         from segssl.data.view_cache import cache_key, load_or_build
 
         files = [self.layout.path("train", item["case"]) for item in items]
-        key = cache_key({"views": self.views.cache_params(), "layout": self.layout_name}, files)
+        params: dict[str, Any] = {"views": self.views.cache_params(), "layout": self.layout_name}
+        # options that change the images (normalisation, resampling, slice axis) are part of the
+        # key; where and how the preprocessed cache is kept is not
+        options = {k: v for k, v in self.layout_options.items() if k not in NOT_IMAGE_OPTIONS}
+        if options:
+            params["layout_options"] = options
+        key = cache_key(params, files)
         cache_dir = Path(self.views.cache_dir or self.root / ".segssl_cache")
         workers = max(1, self.num_workers or (os.cpu_count() or 1))
         raw = [{"case": item["case"], "image": item["image"][0]} for item in items]
