@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from segssl.commands.hydra_app import config_dir
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(
     os.environ.get("SEGSSL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
@@ -100,3 +103,21 @@ def run_task(tmp_path: Path, tiny_data_dir: Path):
         return output_dir, result, cfg
 
     return run
+
+
+def segssl_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``python -m segssl`` child: this checkout first, W&B offline."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": path, **extra}
+
+
+def start_segssl(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
+    """``python -m segssl ARGS`` as a child process (output merged, text), started in ``cwd``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "segssl", *args],
+        cwd=cwd,
+        env=segssl_env(PYTHONUNBUFFERED="1", **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

@@ -4,7 +4,6 @@ through the experiment file it wrote (found on the config search path), and bad 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +16,7 @@ from segssl.commands.plan import PlanError, run, settings
 from segssl.data.readers import DataError
 from segssl.planning.fingerprint import fingerprint
 from segssl.planning.planner import make_plan
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import segssl_env
 
 
 def save(path: Path, array: np.ndarray, spacing) -> None:
@@ -78,8 +76,7 @@ def plan_of(root: Path, **kwargs):
 
 def train_written_experiment(cwd: Path, name: str) -> dict:
     """`train +experiment=NAME` from ``cwd`` (whose segssl_configs/ holds it), 5 steps."""
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env = segssl_env(OMP_NUM_THREADS="1")
     command = [
         sys.executable, "-m", "segssl", "train", f"+experiment={name}", "logger=csv",
         "trainer.max_steps=5", "trainer.val_check_interval=5", "data.num_workers=0",
@@ -244,8 +241,7 @@ def test_segssl_config_path_makes_an_experiment_found_from_anywhere(tmp_path, mo
     run(settings([f"data.root={root}", "name=mine", f"config_dir={configs}"]))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "SEGSSL_CONFIG_PATH": str(configs)}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env = segssl_env(SEGSSL_CONFIG_PATH=str(configs))
     command = [sys.executable, "-m", "segssl", "train", "+experiment=mine", "--cfg", "job"]
     shown = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr[-2000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY
+from tests.conftest import TINY, start_segssl
 
 RESUMABLE = [
     *(o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_check_interval"))),
@@ -29,15 +28,7 @@ RESUMABLE = [
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "segssl", "train", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start_segssl(["train", *args], cwd)
 
 
 def metrics_steps(run_dir: Path) -> list[int]:

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from segssl.utils import signals
 from segssl.utils.signals import RunInterrupted, install_stop_handlers
-from tests.conftest import TINY
+from tests.conftest import TINY, start_segssl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,15 +137,7 @@ RUN = [
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "segssl", "train", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start_segssl(["train", *args], cwd)
 
 
 @pytest.mark.slow
