@@ -52,6 +52,7 @@ def fake_run(
         protocol={**PROTOCOL, **kw.get("protocol", {})},
         models=models,
         config=config,
+        extra={"training": {"seconds_per_step": kw["seconds"]}} if "seconds" in kw else None,
     )
     return folder
 
@@ -60,8 +61,8 @@ def fake_run(
 def sweep(tmp_path: Path) -> Path:
     """Two seeds of CPS, one of the supervised baseline, as multirun job folders."""
     root = tmp_path / "multirun" / "2024-01-01_00-00-00"
-    fake_run(root / "0", "cps", 0, dice=0.80, hd95=3.0)
-    fake_run(root / "1", "cps", 1, dice=0.90, hd95=5.0)
+    fake_run(root / "0", "cps", 0, dice=0.80, hd95=3.0, seconds=2.0)
+    fake_run(root / "1", "cps", 1, dice=0.90, hd95=5.0, seconds=4.0)
     fake_run(root / "2", "supervised", 0, dice=0.75, hd95=6.0)
     return root
 
@@ -83,11 +84,13 @@ def test_means_and_sample_stds_over_seeds(sweep):
     assert float(cps["hd95_mean"]) == pytest.approx(4.0)
     assert float(cps["hd95_std"]) == pytest.approx(math.sqrt(2.0))
     assert float(cps["asd_mean"]) == pytest.approx(1.0)
+    assert float(cps["seconds_per_step"]) == pytest.approx(3.0)  # the runs' mean cost
     rv = rows[("method=cps data.labeled=3", "ensemble", "RV")]
     assert float(rv["dice_mean"]) == pytest.approx(0.75)
     assert float(rv["hd95_mean"]) == pytest.approx(3.8)
     supervised = rows[("method=supervised data.labeled=3", "net", "overall")]
     assert supervised["n"] == "1" and supervised["dice_std"] == ""
+    assert supervised["seconds_per_step"] == ""  # a run from before the timer
     assert float(supervised["dice_mean"]) == pytest.approx(0.75)
     # only the selection models by default
     assert {k[1] for k in rows} == {"ensemble", "net"}
@@ -97,7 +100,7 @@ def test_means_and_sample_stds_over_seeds(sweep):
     assert "slice-wise inference at 256x256" in text and "HD95 and ASD in mm" in text
     assert "sample standard deviation (ddof = 1)" in text
     assert "| method=cps data.labeled=3 | ensemble | 2 | 0 1 | 0.8500 ± " \
-           "0.0707 | 0.4250 ± 0.0354 | 4.00 ± 1.41 | 1.00 ± 0.35 |" in text  # fmt: skip
+           "0.0707 | 0.4250 ± 0.0354 | 4.00 ± 1.41 | 1.00 ± 0.35 | 3.00 |" in text  # fmt: skip
     assert "| method=supervised data.labeled=3 | net | 1 | 0 | 0.7500 | " \
            "0.3750 | 6.00 | 1.50 |" in text  # fmt: skip
     assert (

@@ -27,7 +27,7 @@ OVERALL = "overall"
 PAIRED_FIELDS = ("diff", "ci_low", "ci_high", "p", "wins", "significant")
 CSV_COLUMNS = (
     "group", "method", "labeled", "model", "n", "seeds", "split", "checkpoint", "class",
-    *(f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")),
+    *(f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")), "seconds_per_step",
     "baseline", "volumes", *(f"{m}_{f}" for m in PAIRED_METRICS for f in PAIRED_FIELDS),
 )  # fmt: skip
 POLICY_TEXT = {
@@ -87,10 +87,21 @@ def summary_rows(groups: Sequence[Group], models: str, split: str) -> list[dict[
                         row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(
                             [float(v[metric]) for v in values]
                         )
+                    row["seconds_per_step"] = seconds_per_step(runs)
                     rows.append(row)
     if not rows:
         raise ReportError(f"--models {models}: none of these models is in the runs")
     return rows
+
+
+def seconds_per_step(runs: Sequence[Any]) -> float | None:
+    """The runs' mean training cost (``extra.training`` of results.json; older runs have none)."""
+    found = [
+        float(t["seconds_per_step"])
+        for r in runs
+        if (t := (r.results.get("extra") or {}).get("training") or {}).get("seconds_per_step")
+    ]
+    return sum(found) / len(found) if found else None
 
 
 def merge_paired(rows: list[dict[str, Any]], paired: Sequence[dict[str, Any]]) -> None:
@@ -171,6 +182,8 @@ def markdown_text(
         "- **Groups:** runs whose resolved configs differ only in the seed (and in locations "
         "such as data.root).",
         f"- **Models:** {MODELS_TEXT.get(models, models)}",
+        "- **Cost:** s/step = seconds per training step (data loading included, validation "
+        "excluded), the mean over the group's runs, on the machine and load each ran under.",
         f"- **Source:** {len(runs)} results.json under {', '.join(sources)}"
         + (f"; {dropped} not reported (see below)" if dropped else ""),
         f"- **Created:** {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
@@ -192,8 +205,8 @@ def markdown_text(
     for label in dict.fromkeys(r["checkpoint"] for r in rows):
         overall = [r for r in rows if r["class"] == OVERALL and r["checkpoint"] == label]
         lines += [f"## Overall, {CHECKPOINTS.get(label, label)} checkpoint (mean over classes)", ""]
-        lines += _table(["group", "model", "n", "seeds", *heads],
-                        [[r["group"], r["model"], r["n"], r["seeds"], *_cells(r)]
+        lines += _table(["group", "model", "n", "seeds", *heads, "s/step"],
+                        [[r["group"], r["model"], r["n"], r["seeds"], *_cells(r), _cost(r)]
                          for r in overall])  # fmt: skip
         lines += [""]
     if baseline is not None:
@@ -281,6 +294,10 @@ def _size(protocol: dict[str, Any]) -> str:
 
 def _cells(row: dict[str, Any]) -> list[str]:
     return [cell(m, row[f"{m}_mean"], row[f"{m}_std"]) for m in METRIC_NAMES]
+
+
+def _cost(row: dict[str, Any]) -> str:
+    return "" if row.get("seconds_per_step") is None else f"{row['seconds_per_step']:.2f}"
 
 
 def _table(head: Sequence[str], body: Sequence[Sequence[Any]]) -> list[str]:
