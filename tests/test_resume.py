@@ -304,3 +304,24 @@ def test_finished_run_is_refused_unless_extended(first_run, run_task, capsys):
     assert results_of(run_dir)["config"]["trainer"]["max_steps"] == 4
     (moved,) = (run_dir / ".hydra").glob("resume_*/results.json")  # the earlier result is kept
     assert json.loads(moved.read_text()) == finished
+
+
+def test_testing_a_checkpoint_leaves_the_tracked_checkpoints_alone(tmp_path, caplog):
+    """Lightning restores callback states for test too; the tested checkpoint's snapshot of the
+    top-k (which may name files deleted since) must neither replace the run's tracking nor warn."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.trainer.states import TrainerFn
+
+    from segssl.utils.checkpoint_io import RunCheckpoint
+
+    callback = RunCheckpoint(dirpath=tmp_path, monitor="val/dice", mode="max", save_top_k=2)
+    callback.best_k_models = {str(tmp_path / "best_step4.ckpt"): torch.tensor(0.9)}
+    snapshot = {"best_k_models": {"best_step2.ckpt": 0.5, "best_step4.ckpt": 0.9}}
+    for fn, tracked in ((TrainerFn.TESTING, 1), (TrainerFn.FITTING, 0)):
+        caplog.clear()
+        callback.on_load_checkpoint(SimpleNamespace(state=SimpleNamespace(fn=fn)), None, {})
+        callback.load_state_dict(dict(snapshot))
+        assert len(callback.best_k_models) == tracked
+        # resuming a fit checks the files (neither exists here); testing does not touch them
+        assert ("Dropping" in caplog.text) == (fn == TrainerFn.FITTING)

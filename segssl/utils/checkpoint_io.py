@@ -99,9 +99,18 @@ class RunCheckpoint(ModelCheckpoint):
         state["dirpath"] = None  # names are relative to wherever the run folder is now
         return state
 
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning restores callbacks for test too: a checkpoint being tested must not replace
+        # what this run tracks (nor warn about top-k files deleted after it was written)
+        self._restoring = trainer.state.fn == TrainerFn.FITTING
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Tracked checkpoints by name inside this run's ``checkpoints/``; any that is missing or
-        does not read back is dropped now, with a warning naming it."""
+        does not read back is dropped now, with a warning naming it. Only when resuming a fit."""
+        if not getattr(self, "_restoring", True):
+            return
         here = Path(self.dirpath) if self.dirpath else None
 
         def local(path: Any) -> str:
