@@ -63,6 +63,8 @@ def test_each_method_trains_and_writes_results(run_task, method):
         assert summary["num_cases"] == 4  # 2 test patients x 2 frames
         assert 0.0 <= summary["mean"]["dice"] <= 1.0
     assert results["config"]["method_name"] == method
+    filters = {p.stem for p in (config_dir() / "filter").glob("*.yaml")}
+    assert results["config"]["filter_name"] in filters  # report labels tell views apart by it
     assert Path(results["checkpoint"]).is_file()
     # the best-on-validation and the last checkpoint, each tested and labelled, never mixed
     best, last = results["evaluations"]["best"], results["evaluations"]["last"]

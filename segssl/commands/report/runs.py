@@ -29,8 +29,14 @@ CHECKPOINTS = {"best": "best on validation", "last": "last"}
 LOCATION_KEYS = {"root", "save_dir", "dirpath", "cache_dir", "output_dir", "default_root_dir"}
 IGNORED_TOP = {"seed", "tags", "paths", "hydra", "resume"}
 LABEL_FIRST = ("method_name", "data.labeled")
-LABEL_NEXT = ("experiment_name", "data.name")
-LABEL_NAMES = {"method_name": "method", "experiment_name": "experiment", "data.name": "data"}
+LABEL_NEXT = ("filter_name", "filter._target_", "experiment_name", "data.name")
+LABEL_NAMES = {
+    "method_name": "method",
+    "filter_name": "filter",
+    "filter._target_": "filter",  # runs from before filter_name was stored
+    "experiment_name": "experiment",
+    "data.name": "data",
+}
 
 
 class ReportError(ValueError):
@@ -249,7 +255,7 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     found = sorted(groups.values(), key=_order)
     keys = label_keys(found)
     for group in found:
-        group.label_parts = {LABEL_NAMES.get(k, k): str(group.setting(k)) for k in keys}
+        group.label_parts = {LABEL_NAMES.get(k, k): _label_value(k, group.setting(k)) for k in keys}
         group.label = " ".join(f"{k}={v}" for k, v in group.label_parts.items())
     return found
 
@@ -341,6 +347,12 @@ def _order(group: Group) -> tuple:
     labeled = group.setting("data.labeled")
     number = labeled if isinstance(labeled, int | float) else math.inf
     return str(group.setting("method_name")), number, str(labeled), json.dumps(group.settings)
+
+
+def _label_value(key: str, value: Any) -> str:
+    """A setting as a label shows it: a class path by its last name."""
+    text = str(value)
+    return text.rsplit(".", 1)[-1] if key.endswith("._target_") else text
 
 
 def _text(value: Any) -> str:
