@@ -121,3 +121,22 @@ def start_segssl(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def save_as_lightning(method, cfg: DictConfig, path: Path) -> Path:
+    """What Lightning's checkpoint connector writes for a module (weights, ``dict(hparams)``)
+    and what the method adds (its run config): a checkpoint without a training run."""
+    import pytorch_lightning as pl
+    import torch
+
+    from segssl.utils.run import resolved_config
+
+    method.run_config = resolved_config(cfg)
+    state = {
+        "state_dict": method.state_dict(),
+        "hyper_parameters": dict(method.hparams),
+        "pytorch-lightning_version": pl.__version__,
+    }
+    method.on_save_checkpoint(state)
+    torch.save(state, path)
+    return path

@@ -19,10 +19,9 @@ from segssl.commands.hydra_app import config_dir
 from segssl.evaluation.checkpoints import build_method, read_checkpoint
 from segssl.evaluation.results import write_results
 from segssl.methods import Supervised
-from segssl.methods.base import SegmentationMethod
 from segssl.utils.run import resolved_config
 from segssl.utils.trust import load_checkpoint
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, save_as_lightning
 
 METHODS = sorted(p.stem for p in (config_dir() / "method").glob("*.yaml") if p.stem[0] != "_")
 SMALL_UNET = "model.features=[4,4,8,8,16,4]"
@@ -31,20 +30,6 @@ SMALL_UNET = "model.features=[4,4,8,8,16,4]"
 def compose_method(name: str, tmp_path: Path, *extra: str):
     cfg = compose_config("train", [*TINY, SMALL_UNET, f"method={name}", *extra], tmp_path / name)
     return cfg, instantiate(cfg.method)
-
-
-def save_as_lightning(method: SegmentationMethod, cfg, path: Path) -> Path:
-    """What Lightning's checkpoint connector writes for a module (weights, ``dict(hparams)``)
-    and what the method adds (its run config)."""
-    method.run_config = resolved_config(cfg)
-    state = {
-        "state_dict": method.state_dict(),
-        "hyper_parameters": dict(method.hparams),
-        "pytorch-lightning_version": pl.__version__,
-    }
-    method.on_save_checkpoint(state)
-    torch.save(state, path)
-    return path
 
 
 def plain_settings(tmp_path: Path) -> dict:

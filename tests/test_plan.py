@@ -249,3 +249,16 @@ def test_segssl_config_path_makes_an_experiment_found_from_anywhere(tmp_path, mo
     del env["SEGSSL_CONFIG_PATH"]
     missing = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True)
     assert missing.returncode != 0 and "experiment/mine" in missing.stderr
+
+
+def test_the_method_class_comes_from_its_config_file(tmp_path):
+    from segssl.planning.planner import method_target
+
+    assert method_target("dsaif") == "segssl.methods.CrossPseudoSupervision"  # via cps.yaml
+    assert method_target("supervised") == "segssl.methods.Supervised"
+    facts = fingerprint(make_dataset(tmp_path / "mr", shape=(256, 256, 4)))
+    one = make_plan(facts, name="x", gpu_memory_gb=2, method="supervised").choices
+    two = make_plan(facts, name="x", gpu_memory_gb=2, method="dsaif").choices
+    assert one["data.batch_size"] > two["data.batch_size"]  # one network fits twice the batch
+    with pytest.raises(PlanError, match="plan.method='nope': no method config"):
+        make_plan(facts, name="x", method="nope")

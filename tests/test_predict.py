@@ -10,7 +10,6 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from PIL import Image
@@ -19,7 +18,7 @@ from segssl.commands.predict import model_predict_fn, predict_files
 from segssl.data.readers import DataError
 from segssl.evaluation.inference import probs_to_labels
 from segssl.methods import CrossPseudoSupervision
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, save_as_lightning
 
 
 @pytest.fixture(scope="module")
@@ -149,17 +148,8 @@ def test_3d_model_reads_nifti_axes_as_they_are_and_zscores(tmp_path):
          "data.patch_size=[16,16,8]", "evaluation.stride=[8,8,8]"],
         tmp_path / "run",
     )  # fmt: skip
-    from segssl.utils.run import resolved_config
-
     method = instantiate(cfg.method)
-    method.run_config = resolved_config(cfg)
-    state = {
-        "state_dict": method.state_dict(),
-        "hyper_parameters": dict(method.hparams),
-        "pytorch-lightning_version": pl.__version__,
-    }
-    method.on_save_checkpoint(state)
-    torch.save(state, tmp_path / "la.ckpt")
+    save_as_lightning(method, cfg, tmp_path / "la.ckpt")
     volume = (300 + 40 * np.random.default_rng(2).normal(size=(20, 18, 10))).astype(np.float32)
     nib.save(nib.Nifti1Image(volume, np.diag([0.625] * 3 + [1])), tmp_path / "la.nii")
 

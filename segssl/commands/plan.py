@@ -28,14 +28,10 @@ from segssl.commands.hydra_app import (
 from segssl.data.readers import DataError
 from segssl.planning.experiment import NAME_PATTERN, experiment_yaml, override_line
 from segssl.planning.fingerprint import fingerprint
-from segssl.planning.planner import make_plan
+from segssl.planning.planner import PlanError, make_plan
 from segssl.utils.atomic import write_text
 
 log = logging.getLogger(__name__)
-
-
-class PlanError(ValueError):
-    """A plan setting that cannot work; the message names it."""
 
 
 def settings(argv: list[str]) -> DictConfig:

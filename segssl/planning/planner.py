@@ -35,14 +35,6 @@ MIN_STEPS, MAX_STEPS = 2000, 30000
 
 # the network of each dimensionality: a config of conf/model/
 MODELS = {2: "unet2d", 3: "vnet"}
-# the class of a method config (for the count of networks trained with gradients)
-METHOD_CLASSES = {
-    "supervised": "segssl.methods.Supervised",
-    "mean_teacher": "segssl.methods.MeanTeacher",
-    "bcp": "segssl.methods.BidirectionalCopyPaste",
-    "unimatch": "segssl.methods.UniMatch",
-    "abd": "segssl.methods.AdaptiveBidirectionalDisplacement",
-}
 
 
 def model_config(choice: str) -> dict[str, Any]:
@@ -51,6 +43,53 @@ def model_config(choice: str) -> dict[str, Any]:
 
     config = OmegaConf.load(config_dir() / "model" / f"{choice}.yaml")
     return OmegaConf.to_container(config, resolve=False)
+
+
+class PlanError(ValueError):
+    """A plan setting that cannot work; the message names it."""
+
+
+def method_target(method: str) -> str:
+    """The class ``conf/method/<method>.yaml`` builds, following its first parent method file
+    (``dsaif.yaml`` -> ``cps.yaml``), so a new method needs no entry here."""
+    from segssl.commands.hydra_app import config_dir
+
+    name, seen = method, []
+    while name not in seen:
+        seen.append(name)
+        path = config_dir() / "method" / f"{name}.yaml"
+        if not path.is_file():
+            raise PlanError(f"plan.method={method!r}: no method config {path}")
+        config = OmegaConf.load(path)
+        target = OmegaConf.select(config, "method._target_")
+        if target:
+            return str(target)
+        parents = [d for d in config.get("defaults", []) if isinstance(d, str) and d[0] != "_"]
+        if not parents:
+            break
+        name = parents[0]
+    raise PlanError(
+        f"plan.method={method!r}: conf/method/{'.yaml -> '.join(seen)}.yaml builds "
+        "no method._target_"
+    )
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Activation bytes of one training step: a model config trained by a method class."""
+
+    model: dict[str, Any]
+    method_target: str
+
+    def bytes(self, dims: int, size: Any, batch: int) -> int:
+        key = "image_size" if dims == 2 else "patch_size"
+        config = {
+            "model": dict(self.model),
+            "data": {key: size, "batch_size": batch, "num_classes": 2},
+            "method": {"_target_": self.method_target},
+            "trainer": {"precision": "32"},
+        }
+        return activation_bytes(OmegaConf.create(config))
 
 
 @dataclass
@@ -110,9 +149,8 @@ def make_plan(
         plan.choose("data.layout_options.slice_axis", 2, "NIfTI's z axis (the default)")
     _target_spacing(plan, fingerprint, dims)
     _normalisation(plan, fingerprint)
-    budget = gpu_memory_gb * 2**30 * PLANNED_SHARE
     model_choice = MODELS[dims]
-    model = model_config(model_choice)
+    memory = Memory(model_config(model_choice), method_target(method))
     plan.choose(
         "model",
         model_choice,
@@ -121,9 +159,9 @@ def make_plan(
         else "3-D: the VNet of UA-MT and its successors (+experiment=la)",
     )
     if dims == 2:
-        _slice_size_and_batch(plan, fingerprint, model, budget, gpu_memory_gb, method)
+        _slice_size_and_batch(plan, fingerprint, memory, gpu_memory_gb)
     else:
-        _patch_and_batch(plan, fingerprint, model, budget, gpu_memory_gb, method)
+        _patch_and_batch(plan, fingerprint, memory, gpu_memory_gb)
     _fit_labeled_items(plan, fingerprint, dims)
     plan.choose(
         "evaluation",
@@ -202,37 +240,20 @@ def _normalisation(plan: Plan, fingerprint: dict[str, Any]) -> None:
     plan.choose("data.layout_options.intensity", None, "only CT uses dataset-wide numbers")
 
 
-def _memory_config(model: dict[str, Any], dims: int, size: Any, batch: int, method: str):
-    method_target = METHOD_CLASSES.get(method, "segssl.methods.CrossPseudoSupervision")
-    key = "image_size" if dims == 2 else "patch_size"
-    return OmegaConf.create(
-        {
-            "model": dict(model),
-            "data": {key: size, "batch_size": batch, "num_classes": 2},
-            "method": {"_target_": method_target},
-            "trainer": {"precision": "32"},
-        }
-    )
-
-
 def _gb(size: float) -> str:
     return f"{size / 2**30:.1f} GB"
 
 
 def _slice_size_and_batch(
-    plan: Plan,
-    fingerprint: dict[str, Any],
-    model: dict[str, Any],
-    budget: float,
-    gpu_memory_gb: float,
-    method: str,
+    plan: Plan, fingerprint: dict[str, Any], memory: Memory, gpu_memory_gb: float
 ) -> None:
+    budget = gpu_memory_gb * 2**30 * PLANNED_SHARE
     axis = plan.choices["data.layout_options.slice_axis"]
     median = fingerprint["shape"]["median"]
     in_plane = [median[a] for a in range(3) if a != axis]
-    side = max(MIN_SIDE, min(512, 16 * math.ceil(max(in_plane) / 16)))
+    side = largest = max(MIN_SIDE, min(512, 16 * math.ceil(max(in_plane) / 16)))
     while True:
-        per_sample = activation_bytes(_memory_config(model, 2, side, 1, method))
+        per_sample = memory.bytes(2, side, 1)
         batch = min(MAX_BATCH_2D, int(budget // per_sample) // 2 * 2)
         if batch >= MIN_BATCH or side <= MIN_SIDE:
             break
@@ -242,7 +263,8 @@ def _slice_size_and_batch(
         "data.image_size",
         side,
         f"the larger median in-plane side ({max(in_plane):.0f} px) rounded up to a multiple of "
-        f"16 (at least {MIN_SIDE}: the UNet pools 4 times)",
+        f"16 (at least {MIN_SIDE}: the UNet pools 4 times)"
+        + ("" if side == largest else f", halved from {largest} until {MIN_BATCH} slices fit"),
     )
     plan.choose(
         "data.batch_size",
@@ -256,13 +278,9 @@ def _slice_size_and_batch(
 
 
 def _patch_and_batch(
-    plan: Plan,
-    fingerprint: dict[str, Any],
-    model: dict[str, Any],
-    budget: float,
-    gpu_memory_gb: float,
-    method: str,
+    plan: Plan, fingerprint: dict[str, Any], memory: Memory, gpu_memory_gb: float
 ) -> None:
+    budget = gpu_memory_gb * 2**30 * PLANNED_SHARE
     target = plan.choices["data.layout_options.target_spacing"]
     median_shape = fingerprint["shape"]["median"]
     smallest = fingerprint["shape"]["min"]
@@ -272,12 +290,12 @@ def _patch_and_batch(
         max(16, int(min(median_shape[a], smallest[a]) * scale[a]) // 16 * 16) for a in range(3)
     ]
     patch = list(limit)
-    while activation_bytes(_memory_config(model, 3, patch, BATCH_3D, method)) > budget:
+    while memory.bytes(3, patch, BATCH_3D) > budget:
         largest = max(range(3), key=lambda a: patch[a])
         if patch[largest] <= 16:
             break
         patch[largest] -= 16
-    needed = activation_bytes(_memory_config(model, 3, patch, BATCH_3D, method))
+    needed = memory.bytes(3, patch, BATCH_3D)
     plan.choose(
         "data.patch_size",
         patch,
