@@ -165,6 +165,44 @@ def test_stage_2_inputs_pseudo_labels_and_weights(monkeypatch):
     assert torch.allclose(losses["loss"], (ce + dice) / 2, atol=1e-6)
 
 
+class Answers(nn.Module):
+    """A fake network answering its calls with the given logits in turn."""
+
+    def __init__(self, *answers: torch.Tensor) -> None:
+        super().__init__()
+        self.answers = list(answers)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.answers.pop(0) * self.scale
+
+
+def test_stage_2_train_dice_counts_exactly_the_labeled_pixels(monkeypatch):
+    """``train/dice_student`` in stage 2 scores la's box (in x_u) and lb's rest (in x_l): a
+    student right there and wrong on every unlabeled pixel scores 1; the reverse scores 0."""
+    batch = fake_batch()
+    mask = fixed_mask(monkeypatch)
+    ya, yb = batch["labeled"]["label"][:2, 0], batch["labeled"]["label"][2:, 0]
+    box = (mask == 0)[None]
+
+    def logits(labels: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(labels, 4).permute(0, 3, 1, 2).float() * 10
+
+    def wrong(labels: torch.Tensor) -> torch.Tensor:
+        return (labels + 1) % 4  # a different class on every pixel
+
+    right_u = torch.where(box, ya, wrong(ya))  # x_u: la shows inside the box
+    right_l = torch.where(box, wrong(yb), yb)  # x_l: lb shows outside it
+    wrong_u, wrong_l = torch.where(box, wrong(ya), ya), torch.where(box, yb, wrong(yb))
+    for (out_u, out_l), expected in (((right_u, right_l), 1.0), ((wrong_u, wrong_l), 0.0)):
+        method = make_bcp(pretrain_steps=4, largest_component=False)
+        method._trainer.global_step = 5
+        method.networks["teacher"] = Recorder(torch.randn(2, 4, 12, 12))
+        method.networks["student"] = Answers(logits(out_u), logits(out_l))
+        method.training_losses(batch)
+        assert float(method.train_dice["student"].compute()) == pytest.approx(expected)
+
+
 def test_unequal_halves_are_refused_with_the_settings_to_change():
     method, batch = make_bcp(pretrain_steps=0), fake_batch()
     batch["unlabeled"] = {k: v[:2] for k, v in batch["unlabeled"].items()}

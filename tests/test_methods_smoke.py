@@ -51,7 +51,7 @@ class Losses(Callback):
         self.values.append(float(outputs["loss"]))
 
 
-def train_steps(method: str, view: str, steps: int, tmp_path: Path, data_dir: Path) -> None:
+def train_steps(method: str, view: str, steps: int, tmp_path: Path, data_dir: Path) -> pl.Trainer:
     from segssl.commands.train import build_data_and_method
 
     overrides = [*TINY, f"method={method}", f"filter={view}", f"trainer.max_steps={steps}"]
@@ -69,6 +69,7 @@ def train_steps(method: str, view: str, steps: int, tmp_path: Path, data_dir: Pa
         enable_model_summary=False,
         accelerator="cpu",
         callbacks=[losses],
+        log_every_n_steps=1,
     )
     trainer.fit(module, datamodule=datamodule)
     assert len(losses.values) == steps and all(math.isfinite(v) for v in losses.values)
@@ -79,12 +80,16 @@ def train_steps(method: str, view: str, steps: int, tmp_path: Path, data_dir: Pa
             if k.startswith(f"networks.{name}.") and v.is_floating_point()
         ]
         assert any(changed), f"{method}/{view}: {name} did not train"
+    return trainer
 
 
 @pytest.mark.parametrize("view", FILTERS)
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_and_view_takes_training_steps(method, view, tmp_path, tiny_data_dir):
-    train_steps(method, view, 2, tmp_path, tiny_data_dir)
+    trainer = train_steps(method, view, 2, tmp_path, tiny_data_dir)
+    # every method shows how its networks fit the labels (BCP: in its labeled-only first stage)
+    dice = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/dice_")}
+    assert dice and all(0.0 <= v <= 1.0 for v in dice.values()), trainer.callback_metrics
 
 
 @pytest.mark.slow

@@ -118,6 +118,8 @@ class AdaptiveBidirectionalDisplacement(SegmentationMethod):
 
         sup_1 = dice_ce_loss(logits_1[:n], label_1)
         sup_2 = dice_ce_loss(logits_2[:n], label_2)
+        self.track_labeled("net1", logits_1[:n], label_1[:, None])
+        self.track_labeled("net2", logits_2[:n], label_2[:, None])
         cps = soft_dice_loss(probs_1[n:], hard_2[n:]) + soft_dice_loss(probs_2[n:], hard_1[n:])
 
         # ABD-R on the unlabeled images: both networks see both displaced batches

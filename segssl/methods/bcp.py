@@ -177,6 +177,7 @@ class BidirectionalCopyPaste(SegmentationMethod):
                 raise ValueError("method=bcp needs at least 2 labeled images per step")
             logits = self.run_network("student", paste(la, lb, mask))
             dice, ce = self.mix_loss(logits, ya, yb, mask, 1.0, 1.0)
+            self.track_labeled("student", logits, paste(ya, yb, mask).long()[:, None])
             return {"loss": (dice + ce) / 2, "mix_dice": dice, "mix_ce": ce}
         unlabeled = batch.get("unlabeled")
         if unlabeled is None or unlabeled["image_1"].shape[0] != n or n % 2:
@@ -195,4 +196,7 @@ class BidirectionalCopyPaste(SegmentationMethod):
         dice_u, ce_u = self.mix_loss(out_u, plab_a, ya, mask, self.u_weight, 1.0)
         dice_l, ce_l = self.mix_loss(out_l, yb, plab_b, mask, 1.0, self.u_weight)
         dice, ce = dice_u + dice_l, ce_u + ce_l
+        # train/dice_student on exactly the labeled pixels: la's box (out_u), lb's rest (out_l)
+        labeled_logits = paste(out_l.detach(), out_u.detach(), mask)
+        self.track_labeled("student", labeled_logits, paste(yb, ya, mask).long()[:, None])
         return {"loss": (dice + ce) / 2, "mix_dice": dice, "mix_ce": ce}

@@ -119,6 +119,7 @@ class UniMatch(SegmentationMethod):
             return soft_dice_loss(probs, target, (conf >= self.conf_thresh).float())
 
         loss_x = dice_ce_loss(pred_x, y)
+        self.track_labeled("net", pred_x, y[:, None])
         loss_s1 = unlabeled_dice(pred_s1, label_1, conf_1)
         loss_s2 = unlabeled_dice(pred_s2, label_2, conf_2)
         loss_fp = unlabeled_dice(pred_fp, label_w, conf_w)
