@@ -23,6 +23,16 @@ SHARED_DATA = Path(
     os.environ.get("SEGSSL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
 
+# The smallest synthetic dataset with every split (ensure_synthetic_dataset's arguments).
+SMALL_SYNTHETIC = dict(
+    num_train_patients=2,
+    num_val_patients=1,
+    num_test_patients=1,
+    image_size=32,
+    slices_per_volume=4,
+    seed=3,
+)
+
 # A dataset and run small enough for a few seconds on 2 CPU cores.
 TINY = [
     "data.synthetic.num_train_patients=4",

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from segssl.data.synthetic import ensure_synthetic_dataset
-
-from .conftest import REPO, segssl_env
+from tests.conftest import REPO, SMALL_SYNTHETIC, segssl_env
 
 SCRIPT = REPO / "scripts" / "benchmark.sh"
 TINY = [
@@ -39,15 +38,7 @@ def run_script(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedPr
 
 @pytest.mark.slow
 def test_parallel_grid_ends_in_a_paired_report(tmp_path: Path) -> None:
-    root = ensure_synthetic_dataset(
-        tmp_path / "synthetic",
-        num_train_patients=2,
-        num_val_patients=1,
-        num_test_patients=1,
-        image_size=32,
-        slices_per_volume=4,
-        seed=3,
-    )
+    root = ensure_synthetic_dataset(tmp_path / "synthetic", **SMALL_SYNTHETIC)
     # relative paths are the caller's: the script runs from the checkout but resolves them first
     done = run_script(
         ["synthetic", "sweep", *TINY],

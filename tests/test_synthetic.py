@@ -27,15 +27,9 @@ from segssl.data.synthetic import (
     sample_anatomy,
     slice_label,
 )
+from tests.conftest import SMALL_SYNTHETIC
 
-SMALL = dict(
-    num_train_patients=2,
-    num_val_patients=1,
-    num_test_patients=1,
-    image_size=32,
-    slices_per_volume=4,
-    seed=3,
-)
+SMALL = SMALL_SYNTHETIC
 MEDIUM = dict(
     num_train_patients=6,
     num_val_patients=2,
