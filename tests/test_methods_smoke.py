@@ -87,7 +87,7 @@ def train_steps(method: str, view: str, steps: int, tmp_path: Path, data_dir: Pa
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_and_view_takes_training_steps(method, view, tmp_path, tiny_data_dir):
     trainer = train_steps(method, view, 2, tmp_path, tiny_data_dir)
-    # every method shows how its networks fit the labels (BCP: in its labeled-only first stage)
+    # every method shows how its networks fit the labels (here BCP is already in stage 2)
     dice = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/dice_")}
     assert dice and all(0.0 <= v <= 1.0 for v in dice.values()), trainer.callback_metrics
 

@@ -29,7 +29,6 @@ from segssl.data.synthetic import (
 )
 from tests.conftest import SMALL_SYNTHETIC
 
-SMALL = SMALL_SYNTHETIC
 MEDIUM = dict(
     num_train_patients=6,
     num_val_patients=2,
@@ -68,7 +67,8 @@ def mtimes(root: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_synthetic_dataset(tmp_path_factory.mktemp("small") / "synthetic", **SMALL)
+    root = tmp_path_factory.mktemp("small") / "synthetic"
+    return ensure_synthetic_dataset(root, **SMALL_SYNTHETIC)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_layout_and_list_files(small_root: Path) -> None:
         train + read_ids(small_root / "val.list") + ["patient004_frame01", "patient004_frame02"]
     )
     stamp = json.loads((small_root / STAMP_NAME).read_text())
-    assert stamp["version"] == synthetic.GENERATOR_VERSION and stamp["params"] == SMALL
+    assert stamp["version"] == synthetic.GENERATOR_VERSION and stamp["params"] == SMALL_SYNTHETIC
 
 
 def test_volume_files_have_acdc_format(small_root: Path) -> None:
@@ -171,10 +171,10 @@ def test_labels_match_painted_structures() -> None:
 
 
 def test_generation_is_deterministic_and_seed_sensitive(tmp_path: Path) -> None:
-    first = all_arrays(ensure_synthetic_dataset(tmp_path / "a", **SMALL))
-    second = all_arrays(ensure_synthetic_dataset(tmp_path / "b", **SMALL))
+    first = all_arrays(ensure_synthetic_dataset(tmp_path / "a", **SMALL_SYNTHETIC))
+    second = all_arrays(ensure_synthetic_dataset(tmp_path / "b", **SMALL_SYNTHETIC))
     assert first == second
-    other = all_arrays(ensure_synthetic_dataset(tmp_path / "c", **{**SMALL, "seed": 4}))
+    other = all_arrays(ensure_synthetic_dataset(tmp_path / "c", **{**SMALL_SYNTHETIC, "seed": 4}))
     assert other.keys() == first.keys()
     assert all(other[key] != first[key] for key in first if key.endswith(":image"))
 
@@ -200,13 +200,13 @@ def test_patients_disjoint_across_splits(medium_root: Path) -> None:
 
 def test_matching_stamp_is_reused_without_rewriting(small_root: Path) -> None:
     before = mtimes(small_root)
-    assert ensure_synthetic_dataset(small_root, **SMALL) == small_root
+    assert ensure_synthetic_dataset(small_root, **SMALL_SYNTHETIC) == small_root
     assert mtimes(small_root) == before
 
 
 def test_parameter_change_regenerates(tmp_path: Path) -> None:
-    root = ensure_synthetic_dataset(tmp_path / "ds", **SMALL)
-    ensure_synthetic_dataset(root, **{**SMALL, "slices_per_volume": 3})
+    root = ensure_synthetic_dataset(tmp_path / "ds", **SMALL_SYNTHETIC)
+    ensure_synthetic_dataset(root, **{**SMALL_SYNTHETIC, "slices_per_volume": 3})
     assert read_case(root / "data" / "patient001_frame01.h5")[0].shape == (3, 32, 32)
     assert len(read_ids(root / "train_slices.list")) == 2 * 2 * 3
     assert not (root / "data" / "slices" / "patient001_frame01_slice_4.h5").exists()
@@ -219,15 +219,15 @@ def test_half_written_folder_is_not_taken_as_complete(tmp_path: Path) -> None:
     (root / "data" / "slices").mkdir(parents=True)
     (root / "data" / "patient001_frame01.h5").write_bytes(b"truncated")
     (root / "train.list").write_text("patient001_frame01\n")
-    ensure_synthetic_dataset(root, **SMALL)
+    ensure_synthetic_dataset(root, **SMALL_SYNTHETIC)
     assert read_case(root / "data" / "patient001_frame01.h5")[0].shape == (4, 32, 32)
     assert (root / STAMP_NAME).is_file()
 
 
 def test_stamp_with_missing_files_is_regenerated(tmp_path: Path) -> None:
-    root = ensure_synthetic_dataset(tmp_path / "ds", **SMALL)
+    root = ensure_synthetic_dataset(tmp_path / "ds", **SMALL_SYNTHETIC)
     (root / "data" / "patient002_frame02.h5").unlink()
-    ensure_synthetic_dataset(root, **SMALL)
+    ensure_synthetic_dataset(root, **SMALL_SYNTHETIC)
     assert (root / "data" / "patient002_frame02.h5").is_file()
 
 
@@ -236,7 +236,7 @@ def test_foreign_folder_is_refused_and_left_alone(tmp_path: Path) -> None:
     root.mkdir()
     (root / "README.md").write_text("precious")
     with pytest.raises(ValueError, match="refusing to overwrite"):
-        ensure_synthetic_dataset(root, **SMALL)
+        ensure_synthetic_dataset(root, **SMALL_SYNTHETIC)
     assert [p.name for p in root.iterdir()] == ["README.md"]
 
 
@@ -252,12 +252,12 @@ def test_foreign_folder_is_refused_and_left_alone(tmp_path: Path) -> None:
 )
 def test_invalid_arguments_name_the_argument(tmp_path: Path, name: str, value: object) -> None:
     with pytest.raises(ValueError, match=name):
-        ensure_synthetic_dataset(tmp_path / "ds", **{**SMALL, name: value})
+        ensure_synthetic_dataset(tmp_path / "ds", **{**SMALL_SYNTHETIC, name: value})
     assert not (tmp_path / "ds").exists()
 
 
 def test_empty_held_out_split_writes_no_list(tmp_path: Path) -> None:
-    root = ensure_synthetic_dataset(tmp_path / "ds", **{**SMALL, "num_test_patients": 0})
+    root = ensure_synthetic_dataset(tmp_path / "ds", **{**SMALL_SYNTHETIC, "num_test_patients": 0})
     assert not (root / "test.list").exists() and (root / "val.list").is_file()
 
 
@@ -265,7 +265,7 @@ def test_concurrent_writers_leave_one_complete_dataset(tmp_path: Path) -> None:
     root = tmp_path / "race"
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=ensure_synthetic_dataset, args=(root,), kwargs=SMALL)
+        context.Process(target=ensure_synthetic_dataset, args=(root,), kwargs=SMALL_SYNTHETIC)
         for _ in range(2)
     ]
     for worker in workers:
@@ -273,7 +273,7 @@ def test_concurrent_writers_leave_one_complete_dataset(tmp_path: Path) -> None:
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode == 0
-    reference = all_arrays(ensure_synthetic_dataset(tmp_path / "reference", **SMALL))
+    reference = all_arrays(ensure_synthetic_dataset(tmp_path / "reference", **SMALL_SYNTHETIC))
     assert all_arrays(root) == reference
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".race.lock",

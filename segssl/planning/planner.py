@@ -76,10 +76,16 @@ def method_target(method: str) -> str:
 
 @dataclass(frozen=True)
 class Memory:
-    """Activation bytes of one training step: a model config trained by a method class."""
+    """Activation bytes of one training step (a model config trained by a method class) and the
+    share of the GPU they may take."""
 
     model: dict[str, Any]
     method_target: str
+    gpu_memory_gb: float
+
+    @property
+    def budget(self) -> float:
+        return self.gpu_memory_gb * 2**30 * PLANNED_SHARE
 
     def bytes(self, dims: int, size: Any, batch: int) -> int:
         key = "image_size" if dims == 2 else "patch_size"
@@ -150,7 +156,7 @@ def make_plan(
     _target_spacing(plan, fingerprint, dims)
     _normalisation(plan, fingerprint)
     model_choice = MODELS[dims]
-    memory = Memory(model_config(model_choice), method_target(method))
+    memory = Memory(model_config(model_choice), method_target(method), gpu_memory_gb)
     plan.choose(
         "model",
         model_choice,
@@ -159,9 +165,9 @@ def make_plan(
         else "3-D: the VNet of UA-MT and its successors (+experiment=la)",
     )
     if dims == 2:
-        _slice_size_and_batch(plan, fingerprint, memory, gpu_memory_gb)
+        _slice_size_and_batch(plan, fingerprint, memory)
     else:
-        _patch_and_batch(plan, fingerprint, memory, gpu_memory_gb)
+        _patch_and_batch(plan, fingerprint, memory)
     _fit_labeled_items(plan, fingerprint, dims)
     plan.choose(
         "evaluation",
@@ -244,10 +250,8 @@ def _gb(size: float) -> str:
     return f"{size / 2**30:.1f} GB"
 
 
-def _slice_size_and_batch(
-    plan: Plan, fingerprint: dict[str, Any], memory: Memory, gpu_memory_gb: float
-) -> None:
-    budget = gpu_memory_gb * 2**30 * PLANNED_SHARE
+def _slice_size_and_batch(plan: Plan, fingerprint: dict[str, Any], memory: Memory) -> None:
+    budget, gpu_memory_gb = memory.budget, memory.gpu_memory_gb
     axis = plan.choices["data.layout_options.slice_axis"]
     median = fingerprint["shape"]["median"]
     in_plane = [median[a] for a in range(3) if a != axis]
@@ -277,10 +281,8 @@ def _slice_size_and_batch(
     plan.choose("data.patch_size", None, "2-D training uses data.image_size")
 
 
-def _patch_and_batch(
-    plan: Plan, fingerprint: dict[str, Any], memory: Memory, gpu_memory_gb: float
-) -> None:
-    budget = gpu_memory_gb * 2**30 * PLANNED_SHARE
+def _patch_and_batch(plan: Plan, fingerprint: dict[str, Any], memory: Memory) -> None:
+    budget, gpu_memory_gb = memory.budget, memory.gpu_memory_gb
     target = plan.choices["data.layout_options.target_spacing"]
     median_shape = fingerprint["shape"]["median"]
     smallest = fingerprint["shape"]["min"]
