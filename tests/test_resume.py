@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -325,3 +327,47 @@ def test_testing_a_checkpoint_leaves_the_tracked_checkpoints_alone(tmp_path, cap
         assert len(callback.best_k_models) == tracked
         # resuming a fit checks the files (neither exists here); testing does not touch them
         assert ("Dropping" in caplog.text) == (fn == TrainerFn.FITTING)
+
+
+@pytest.fixture
+def batches_seen(monkeypatch) -> list[tuple[int, str]]:
+    """(global step, fingerprint) of every training step: the images it trained on and torch's
+    random state (read, not drawn from) as the step began."""
+    from segssl.methods.base import SegmentationMethod
+
+    seen: list[tuple[int, str]] = []
+    training_step = SegmentationMethod.training_step
+
+    def recording(self, batch, batch_idx):
+        digest = hashlib.sha1(torch.get_rng_state().numpy().tobytes())
+        for stream in ("labeled", "unlabeled"):
+            if stream in batch:
+                digest.update(batch[stream]["image_1"].numpy().tobytes())
+        seen.append((self.global_step, digest.hexdigest()))
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SegmentationMethod, "training_step", recording)
+    return seen
+
+
+def test_a_resume_draws_fresh_batches_not_a_replay_of_step_0(first_run, run_task, batches_seen):
+    """Seeded as at its start, a resumed run would replay step 0's data order, augmentation and
+    mixing draws: a job preempted every k steps would train on its first k batches again and
+    again. It continues on a stream of its seed and step, the same each time that checkpoint is
+    resumed."""
+    run_dir = first_run(["trainer.max_steps=2"])
+    first = dict(batches_seen)
+    assert sorted(first) == [0, 1]
+    shutil.copytree(run_dir, run_dir.parent / "copy")
+    resumed = {}
+    for name in ("run", "copy"):
+        batches_seen.clear()
+        run_task([f"resume={run_dir.parent / name}", "trainer.max_steps=4"], name=name)
+        resumed[name] = dict(batches_seen)
+        assert sorted(resumed[name]) == [2, 3]
+    assert {resumed["run"][2], resumed["run"][3]}.isdisjoint({first[0], first[1]})
+    assert resumed["copy"] == resumed["run"]  # a function of the checkpoint, not of the clock
+    (entry,) = json.loads((run_dir / ".segssl_run.json").read_text())["resumes"]
+    run_seed = OmegaConf.load(run_dir / ".hydra" / "config.yaml").seed
+    assert entry["global_step"] == 2 and isinstance(entry["seed"], int)
+    assert entry["seed"] != run_seed  # recorded: the stream the run continued on

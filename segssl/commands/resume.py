@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segssl.utils.atomic import move, write_text
@@ -295,6 +296,17 @@ def plan_resume(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> Resu
     return ResumePlan(run_dir, saved, checkpoint, applied)
 
 
+def resumed_seed(seed: int, step: int) -> int:
+    """The seed of a run resumed at ``step``: a stream of its own (data order, augmentation,
+    mixing boxes, dropout) that is still a function of the run's seed and the checkpoint.
+    Reseeding with the run's seed would replay step 0's stream, and a job preempted every k
+    steps would train on its first k batches again and again. Not a bit-identical replay of
+    the uninterrupted run: the loaders do not store their position."""
+    if step == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
 def checkpoint_to_resume(plan: ResumePlan) -> tuple[Path, int]:
     """The checkpoint named with ``resume=``, else the newest; read with ``weights_only=True``
     and its stored config checked against the allow-list before anything is built. Returns
@@ -355,6 +367,7 @@ def record_resume(plan: ResumePlan, checkpoint: Path, global_step: int | None) -
         if checkpoint.is_relative_to(plan.run_dir)
         else str(checkpoint),
         "global_step": global_step,
+        "seed": resumed_seed(int(plan.config.seed), global_step or 0),
         "overrides": plan.applied,
         "record": str(folder.relative_to(plan.run_dir)),
     }

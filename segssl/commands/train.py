@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from segssl.commands.resume import (
     read_run_state,
     record_resume,
     resume_overrides,
+    resumed_seed,
     write_run_state,
 )
 from segssl.data.datamodule import SemiSupervisedDataModule
@@ -82,16 +84,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     resume_from = plan = None
+    step = 0
     if cfg.get("resume"):
         plan = plan_resume(cfg, output_dir, list(HydraConfig.get().overrides.task))
         cfg = plan.config
         resume_from, step = checkpoint_to_resume(plan)
-        log.info("Resuming %s from %s", output_dir, resume_from)
+        log.info(
+            "Resuming %s from %s (step %d) with seed %d, a stream of seed %d and step %d",
+            output_dir, resume_from, step, resumed_seed(cfg.seed, step), cfg.seed, step,
+        )  # fmt: skip
+        # Lightning warns that the loaders restart mid-epoch; the fresh seed is the answer
+        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
     else:
         refuse_existing_run(output_dir)
     check_training_settings(cfg)  # before anything is built
     install_stop_handlers()  # SIGTERM / Ctrl-C stop within seconds (segssl/utils/signals.py)
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(resumed_seed(cfg.seed, step), workers=True)
     config = resolved_config(cfg)
     datamodule, method = build_data_and_method(cfg)
     method.run_config = config
