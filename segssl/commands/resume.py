@@ -348,9 +348,10 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return max(steps, key=lambda p: (steps[p], p.stat().st_mtime))
 
 
-def record_resume(plan: ResumePlan, checkpoint: Path, global_step: int | None) -> Path:
+def record_resume(plan: ResumePlan, checkpoint: Path, global_step: int | None, seed: int) -> Path:
     """Write this start's effective config and applied overrides to ``.hydra/resume_<time>/``
-    and append it to the run state; a finished run's results move there too (it is extended)."""
+    and append it, with the seed it continues on, to the run state; a finished run's results
+    move there too (it is extended)."""
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     folder = plan.run_dir / ".hydra" / f"resume_{stamp}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -367,7 +368,7 @@ def record_resume(plan: ResumePlan, checkpoint: Path, global_step: int | None) -
         if checkpoint.is_relative_to(plan.run_dir)
         else str(checkpoint),
         "global_step": global_step,
-        "seed": resumed_seed(int(plan.config.seed), global_step or 0),
+        "seed": seed,
         "overrides": plan.applied,
         "record": str(folder.relative_to(plan.run_dir)),
     }

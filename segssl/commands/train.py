@@ -84,14 +84,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     resume_from = plan = None
-    step = 0
+    seed = cfg.seed
     if cfg.get("resume"):
         plan = plan_resume(cfg, output_dir, list(HydraConfig.get().overrides.task))
         cfg = plan.config
         resume_from, step = checkpoint_to_resume(plan)
+        seed = resumed_seed(cfg.seed, step)
         log.info(
-            "Resuming %s from %s (step %d) with seed %d, a stream of seed %d and step %d",
-            output_dir, resume_from, step, resumed_seed(cfg.seed, step), cfg.seed, step,
+            "Resuming %s from %s (step %d), seeded with %d (of seed %d and step %d)",
+            output_dir, resume_from, step, seed, cfg.seed, step,
         )  # fmt: skip
         # Lightning warns that the loaders restart mid-epoch; the fresh seed is the answer
         warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
@@ -99,7 +100,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         refuse_existing_run(output_dir)
     check_training_settings(cfg)  # before anything is built
     install_stop_handlers()  # SIGTERM / Ctrl-C stop within seconds (segssl/utils/signals.py)
-    pl.seed_everything(resumed_seed(cfg.seed, step), workers=True)
+    pl.seed_everything(seed, workers=True)
     config = resolved_config(cfg)
     datamodule, method = build_data_and_method(cfg)
     method.run_config = config
@@ -119,7 +120,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         for logger in loggers:
             logger.log_hyperparams(run_hyperparameters(config))
     elif rank_zero_only.rank == 0:
-        record_resume(plan, resume_from, step)  # once everything is built: nothing left to refuse
+        # once everything is built: nothing left to refuse
+        record_resume(plan, resume_from, step, seed)
 
     trainer.fit(method, datamodule=datamodule, ckpt_path=resume_from)
     for callback in trainer.checkpoint_callbacks:
