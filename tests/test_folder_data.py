@@ -161,6 +161,7 @@ def test_list_naming_a_missing_image(folder):
 
 
 def test_val_case_without_label(folder):
+    (folder / "train.list").write_text("c0\nc2\nc3\n")  # c1 moves to val (one list a case)
     (folder / "val.list").write_text("c1\n")
     with pytest.raises(DataError, match=r"val\.list names 1 missing .*labelsTr/c1\.nii\.gz"):
         setup_fit(folder)

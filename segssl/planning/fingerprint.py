@@ -56,8 +56,10 @@ class CaseSummary:
 
 
 def read_headers(layout: FolderLayout) -> dict[str, CaseHeader]:
-    """Every case the split lists name, from its header: refuses missing files, mixed
-    dimensionality and channel counts before any voxel is read."""
+    """Every case the split lists name, from its header: refuses a case listed twice or in two
+    lists (it would be counted twice in ``data.labeled``), missing files, mixed dimensionality
+    and channel counts before any voxel is read."""
+    layout.check_splits()
     labels_dir = layout.root / "labelsTr"
     if not labels_dir.is_dir() or not any(labels_dir.glob("*.nii*")):
         raise DataError(

@@ -7,7 +7,8 @@ Layout under ``root``::
     labelsTr/<case>.nii.gz     its label map (integers 0..num_classes-1), same shape; a training
                                case without one is unlabeled
     train.list, val.list, test.list   case ids, one a line (test.list optional: val is then
-                               evaluated); val and test cases must have labels
+                               evaluated); val and test cases must have labels; a case may
+                               appear once, in one list
 
 ``dims=3`` trains on random 3-D patches of the volumes; ``dims=2`` on their slices along
 ``slice_axis`` (a 2-D image is a volume of one slice), evaluating whole volumes slice by slice
@@ -42,7 +43,7 @@ from segssl.data.preprocessed import (
     PreprocessedCache,
     ensure_open_files,
 )
-from segssl.data.readers import DataError, Sample, check_sample, read_list
+from segssl.data.readers import DataError, Sample, check_sample, check_split_lists, read_list
 from segssl.utils.atomic import WriteError
 
 SPLITS = ("train", "val", "test")
@@ -148,7 +149,15 @@ class FolderLayout:
         return self.image_path(self._case_of(split, item_id)[0])
 
     def cases(self, split: str) -> list[str]:
-        return read_list(self.list_path(split))
+        """The split's case ids, once all the split lists are checked together."""
+        cases = read_list(self.list_path(split))
+        self.check_splits()
+        return cases
+
+    def check_splits(self) -> None:
+        """No case twice in a list, none in two of train/val/test.list (``plan`` reads these
+        lists through this layout too)."""
+        check_split_lists({split: self.list_path(split) for split in SPLITS})
 
     def ids(self, split: str) -> list[str]:
         """Case ids; for 2-D training, ``<case>_slice_<k>`` for every slice of every case."""

@@ -8,7 +8,8 @@ Layout under ``root``::
 Training items are whole volumes (random patches are cut by the training transforms). The
 labeled subset is the first N cases of ``train.list``. LA has no validation split: ``val_cases``
 K > 0 holds out the last K cases of ``train.list`` as validation (never trained on); K = 0, the
-UA-MT protocol, means no validation, so the last checkpoint is tested. The h5 files carry no
+UA-MT protocol, means no validation, so the last checkpoint is tested. A case listed twice in
+``train.list``, or in both lists, is refused (``check_split_lists``). The h5 files carry no
 spacing (UA-MT resampled LA to 0.625 mm isotropic): distances are in voxels, as in the LA papers,
 unless ``spacing`` is given.
 """
@@ -18,7 +19,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from segssl.data.readers import DataError, Sample, load_h5, read_list, require_files
+from segssl.data.readers import (
+    DataError,
+    Sample,
+    check_split_lists,
+    load_h5,
+    read_list,
+    require_files,
+)
 
 
 def check_spacing(
@@ -66,6 +74,7 @@ class UAMTLayout:
     def ids(self, split: str) -> list[str]:
         """Case ids of a split; ``val`` is the held-out tail of ``train.list`` (empty if K = 0)."""
         ids = read_list(self.list_path(split))
+        self.check_splits()
         if split == "test":
             return ids
         if self.val_cases >= len(ids):
@@ -75,6 +84,10 @@ class UAMTLayout:
             )
         cut = len(ids) - self.val_cases
         return ids[:cut] if split == "train" else ids[cut:]
+
+    def check_splits(self) -> None:
+        """train.list (validation is its tail) and test.list: no case twice, none in both."""
+        check_split_lists({split: self.list_path(split) for split in ("train", "test")})
 
     def path(self, split: str, item_id: str) -> Path:
         return self.root / self.image_dir / item_id / self.file_name
