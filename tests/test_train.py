@@ -24,6 +24,7 @@ RESULT_KEYS = {
     "created",
     "evaluations",
     "selection_model",
+    "run_id",  # the run's identity: `report` counts it once (issue 22)
 }
 METRICS = {"dice", "jaccard", "hd95", "asd"}
 # every method file (found by globbing: a new method is tested with no list to edit)

@@ -3,8 +3,10 @@
 ``results.json`` has a fixed schema so ``report`` and later comparisons can read any run:
 ``split``, ``checkpoint``, ``protocol``, ``models`` (name -> ``aggregate`` dict), ``config``,
 ``created`` (plus ``extra``, ``evaluations`` and ``selection_model`` when given: the model
-the method selects checkpoints on and reports, which older files lack). Files are written
-atomically with ``segssl.utils.atomic`` (temp file in the same folder, then a rename), so
+the method selects checkpoints on and reports, which older files lack). A training run's file
+names the run (``run_id``, kept across resumes and copies of its folder), a ``segssl test``
+file the run it re-evaluates (``reevaluates``), so ``report`` counts each run once. Files are
+written atomically with ``segssl.utils.atomic`` (temp file in the same folder, then a rename), so
 an interrupted run never leaves a half-written file and files get the user's normal
 permissions; existing files are not overwritten unless asked: results of an earlier run are
 evidence.
@@ -53,6 +55,8 @@ def write_results(
     extra: Mapping[str, Any] | None = None,
     evaluations: Mapping[str, Mapping[str, Any]] | None = None,
     selection_model: str | None = None,
+    run_id: str | None = None,
+    reevaluates: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``results.json`` atomically and return its path.
@@ -62,7 +66,8 @@ def write_results(
     under its label (``best``, ``last``) with its own ``checkpoint``, ``selection`` and
     ``models``, so a reader never mixes them. ``selection_model`` names the model of ``models``
     the method selects on (``SegmentationMethod.selection_model``), so readers need no table of
-    methods.
+    methods. ``run_id`` names the training run the file belongs to; ``reevaluates`` (``run_id``,
+    ``run_dir``) the run whose checkpoint a ``segssl test`` evaluated again.
 
     ``path`` is the file, or an existing folder to write ``results.json`` into. ``protocol``
     gets ``empty_mask_policy`` filled in when absent, since every number depends on it.
@@ -85,6 +90,10 @@ def write_results(
     }
     if selection_model is not None:
         payload["selection_model"] = str(selection_model)
+    if run_id is not None:
+        payload["run_id"] = str(run_id)
+    if reevaluates is not None:
+        payload["reevaluates"] = dict(reevaluates)
     if extra is not None:
         payload["extra"] = dict(extra)
     if evaluations is not None:
@@ -108,7 +117,66 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in RESULTS_KEYS if k not in results]
     if missing:
         raise ValueError(f"{target}: not a segssl results file, missing keys {missing}")
+    problem = results_problem(results)
+    if problem:
+        raise ValueError(f"{target}: not a readable results file ({problem})")
     return results
+
+
+# key -> (the JSON types it may hold, what that is in words); optional keys may be absent
+_SHAPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "split": ((str,), "a string"),
+    "checkpoint": ((str, type(None)), "a path string or null"),
+    "protocol": ((dict,), "a JSON object"),
+    "models": ((dict,), "a JSON object of model name -> metrics"),
+    "config": ((dict,), "a JSON object (the resolved config)"),
+    "created": ((str,), "a date string"),
+    "evaluations": ((dict,), "a JSON object of checkpoint label -> evaluation"),
+    "selection_model": ((str,), "a model name"),
+    "extra": ((dict,), "a JSON object"),
+    "run_id": ((str,), "a string"),
+    "reevaluates": ((dict,), "a JSON object"),
+}
+
+
+def results_problem(results: Mapping[str, Any]) -> str | None:
+    """What makes a results dict unusable, naming the key (``config`` that is not an object, a
+    model entry without ``mean``...), or None. Metric values themselves are checked by their
+    readers (``report`` names a string or NaN value and leaves that result out)."""
+    for key, (types, words) in _SHAPES.items():
+        if key in results and not isinstance(results[key], types):
+            return f"`{key}`: expected {words}, got {_shown(results[key])}"
+    config = results["config"]
+    if {"test", "run"} <= set(config):  # a `segssl test` file: its own and the run's config
+        for key in ("test", "run"):
+            if not isinstance(config[key], dict):
+                return f"`config.{key}`: expected a JSON object, got {_shown(config[key])}"
+    places = [("models", results["models"])]
+    for label, evaluation in (results.get("evaluations") or {}).items():
+        if not isinstance(evaluation, dict) or not isinstance(evaluation.get("models"), dict):
+            return f"`evaluations.{label}`: expected a JSON object with `models`"
+        places.append((f"evaluations.{label}.models", evaluation["models"]))
+    for where, models in places:
+        if not models:
+            return f"`{where}`: no model"
+        for name, summary in models.items():
+            if not isinstance(summary, dict):
+                return f"`{where}.{name}`: expected a JSON object, got {_shown(summary)}"
+            for key in ("mean", "per_class"):
+                if not isinstance(summary.get(key), dict):
+                    return f"`{where}.{name}.{key}`: expected a JSON object, got " + (
+                        "nothing" if key not in summary else _shown(summary[key])
+                    )
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A short account of a wrong value: itself and its JSON type."""
+    text = json.dumps(value, default=str)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    kind = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+            float: "number", type(None): "null"}.get(type(value))  # fmt: skip
+    return f"{text} ({kind or type(value).__name__})"
 
 
 def case_rows(model: str, case: str, metrics: Mapping[str, Mapping[str, Any]]) -> list[dict]:

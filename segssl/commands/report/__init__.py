@@ -63,6 +63,7 @@ def write_report(
     text = markdown_text(
         rows, groups, split, protocol, sources, out, models, found.skipped, found.missing,
         paired=paired, paired_notes=notes, baseline=baseline,
+        reevaluations=found.reevaluations, invalid=found.invalid,
     )  # fmt: skip
     write_text(targets["report.md"], text)
     from segssl.commands.report.curves import plot_learning_curves

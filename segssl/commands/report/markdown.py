@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from segssl.commands.report.runs import CHECKPOINTS, Group, ReportError
+from segssl.commands.report.runs import CHECKPOINTS, Group, ReportError, Run, is_number
 from segssl.commands.report.statistics import (
     PAIRED_METRICS,
     group_labels,
@@ -99,8 +99,10 @@ def seconds_per_step(runs: Sequence[Any]) -> float | None:
     found = [
         float(t["seconds_per_step"])
         for r in runs
-        if (t := (r.results.get("extra") or {}).get("training") or {}).get("seconds_per_step")
-    ]
+        if is_number((t := (r.results.get("extra") or {}).get("training") or {}).get(
+            "seconds_per_step"
+        ))
+    ]  # fmt: skip
     return sum(found) / len(found) if found else None
 
 
@@ -161,11 +163,20 @@ def markdown_text(
     paired: Sequence[dict[str, Any]] = (),
     paired_notes: Sequence[str] = (),
     baseline: str | None = None,
+    reevaluations: Sequence[tuple[Run, Run | None]] = (),
+    invalid: Sequence[tuple[Path, str]] = (),
 ) -> str:
     units = protocol.get("distance_units", "unknown units")
     heads = ["Dice", "Jaccard", f"HD95 ({units})", f"ASD ({units})"]
     runs = [r for g in groups for r in g.runs]
+    source = f"{len(runs)} results.json under {', '.join(sources)}, one per training run"
+    if reevaluations:
+        source += f", and {len(reevaluations)} `segssl test` re-evaluation(s), listed apart"
     dropped = len(skipped) + len(missing)
+    if dropped:
+        source += f"; {dropped} not reported (see below)"
+    if invalid:
+        source += f"; {len(invalid)} value(s) left out (see below)"
     lines = [
         "# segssl report",
         "",
@@ -184,8 +195,10 @@ def markdown_text(
         f"- **Models:** {MODELS_TEXT.get(models, models)}",
         "- **Cost:** s/step = seconds per training step (data loading included, validation "
         "excluded), the mean over the group's runs, on the machine and load each ran under.",
-        f"- **Source:** {len(runs)} results.json under {', '.join(sources)}"
-        + (f"; {dropped} not reported (see below)" if dropped else ""),
+        f"- **Source:** {source}",
+        "- **Runs:** a training run counts once, by its run id (older files: the folder it was "
+        "trained in and its seed), whatever else its folder holds: results a resume archived, "
+        "copies and `segssl test` re-evaluations are not seeds.",
         f"- **Created:** {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
         "",
     ]
@@ -221,13 +234,60 @@ def markdown_text(
     lines += _table(["group", "seed", "checkpoints", "results"],
                     [[g.label, r.seed, ", ".join(r.evaluations()), _relative(r.path, out_dir)]
                      for g in groups for r in g.runs])  # fmt: skip
-    if skipped or missing:
+    if reevaluations:
+        lines += ["", *reevaluation_section(reevaluations, groups, out_dir, units)]
+    if skipped or missing or invalid:
         lines += ["", "## Not reported", ""]
         lines += _table(["results", "why"],
                         [*([_relative(f, out_dir), f"skipped: {why}"] for f, why in skipped),
+                         *([_relative(f, out_dir), f"left out: {why}"] for f, why in invalid),
                          *([_relative(j, out_dir), f"sweep job without {RESULTS_FILENAME} "
                             "(failed, killed or still running)"] for j in missing)])  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def reevaluation_section(
+    reevaluations: Sequence[tuple[Run, Run | None]],
+    groups: Sequence[Group],
+    out_dir: Path,
+    units: str,
+) -> list[str]:
+    """``segssl test`` results, one row per result and model, each beside the run whose
+    checkpoint it tested: evaluations of a run again, never seeds of its group."""
+    group_of = {id(r): g.label for g in groups for r in g.runs}
+    lines = [
+        "## Re-evaluations (`segssl test`)",
+        "",
+        "A checkpoint of a training run tested again (possibly on another split or data): "
+        "listed with its run, not counted as a seed nor averaged with the tables above.",
+        "",
+    ]
+    body = []
+    for result, run in reevaluations:
+        tested = (
+            f"{group_of.get(id(run), '')} seed {run.seed}: {_relative(run.path, out_dir)}"
+            if run is not None
+            else f"not in this report (trained in {result.trained_in}, seed {result.seed})"
+        )
+        checkpoint = Path(str(result.results.get("checkpoint") or "unknown")).name
+        evaluations = result.evaluations()
+        models = next(iter(evaluations.values()), {}).get("models", {})
+        chosen = result.selection_model
+        shown = {chosen: models[chosen]} if chosen in models else models
+        if not shown:
+            shown = {"": None}
+        for model, summary in shown.items():
+            cells = (
+                [cell(m, float(summary["mean"][m]), None) for m in METRIC_NAMES]
+                if summary is not None
+                else ["left out (see below)"] * len(METRIC_NAMES)
+            )
+            body.append(
+                [_relative(result.path, out_dir), tested, result.results["split"],
+                 checkpoint, model, *cells]
+            )  # fmt: skip
+    heads = ["Dice", "Jaccard", f"HD95 ({units})", f"ASD ({units})"]
+    return lines + _table(["results", "run", "split", "checkpoint", "model", *heads], body)
 
 
 def paired_section(
@@ -273,8 +333,9 @@ def protocol_text(protocol: dict[str, Any], groups: Sequence[Group]) -> str:
     sizes = sorted({_size(r.results["protocol"]) for g in groups for r in g.runs})
     inference = protocol.get("inference", "unknown inference")
     text = f"{inference} inference at {' / '.join(sizes)}"
-    if protocol.get("stride"):
-        text += f", stride {'x'.join(map(str, protocol['stride']))}"
+    stride = protocol.get("stride")
+    if stride:
+        text += f", stride {'x'.join(map(str, stride)) if isinstance(stride, list) else stride}"
     threshold = protocol.get("threshold")
     text += f", foreground probability > {threshold}" if threshold is not None else ", argmax"
     return text

@@ -1,9 +1,18 @@
 """Finding the runs of a report and grouping them.
 
-Every ``results.json`` under the given folders is one run. Runs whose resolved configs differ
-only in the seed (and in locations: data roots, output folders) form a group; each group is
-labelled by its method, its labeled count and whatever else tells the groups apart. Reports
-only compare like with like: runs of different splits or evaluation protocols are an error.
+Runs are keyed by identity, not by file: a training run counts once whatever its folder or its
+neighbours hold. Its identity is the ``run_id`` its results.json carries (kept across resumes
+and copies of the folder); files from before ids were stored fall back to the folder the run
+was trained in (``paths.output_dir``, else its checkpoints' folder) and its seed. Of the files
+of one run, the live one counts (not a copy's older file, nor what a resume archived under
+``.hydra/resume_*/``); the others are listed as not reported. A ``segssl test`` results.json is
+a re-evaluation of the run whose checkpoint it tested, listed apart, never a seed. Metric values
+of the wrong type or NaN leave that checkpoint and model of that run out, named, never averaged.
+
+Runs whose resolved configs differ only in the seed (and in locations: data roots, output
+folders) form a group; each group is labelled by its method, its labeled count and whatever
+else tells the groups apart. Reports only compare like with like: runs of different splits or
+evaluation protocols are an error.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from segssl.evaluation.metrics import METRIC_NAMES
 from segssl.evaluation.results import RESULTS_FILENAME, read_results
 
 # results files written before ``selection_model`` was stored: the first of these it has
@@ -45,20 +55,98 @@ class ReportError(ValueError):
 
 @dataclass
 class Run:
-    """One ``results.json`` and the training config behind it."""
+    """One ``results.json`` and the training config behind it. ``invalid`` lists the metric
+    values that are not finite numbers (``key: problem``); the checkpoint and model they belong
+    to are left out of ``evaluations()``."""
 
     path: Path
     results: dict[str, Any]
+    invalid: list[str] = field(default_factory=list, init=False)
+    _checked: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._checked, self.invalid = checked_evaluations(self)
 
     @property
     def config(self) -> dict[str, Any]:
         config = self.results["config"]
         # `segssl test` stores {"test": its own config, "run": the training run's}
-        return config["run"] if {"test", "run"} <= set(config) else config
+        return config["run"] if self.is_reevaluation else config
+
+    @property
+    def is_reevaluation(self) -> bool:
+        """A ``segssl test`` result: a checkpoint of a training run evaluated again."""
+        return {"test", "run"} <= set(self.results["config"])
+
+    @property
+    def is_archived(self) -> bool:
+        """Results a ``train resume=`` moved aside (``RUN/.hydra/resume_<time>/``) when it
+        extended the run: the run's current results.json supersedes them."""
+        parent = self.path.parent
+        return parent.name.startswith("resume_") and parent.parent.name == ".hydra"
 
     @property
     def seed(self) -> Any:
         return self.config.get("seed")
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of the training run: its own (``run_id``), or for a re-evaluation the id of
+        the run it tested (``reevaluates.run_id``); None in files from before ids."""
+        found = (
+            (self.results.get("reevaluates") or {}).get("run_id")
+            if self.is_reevaluation
+            else self.results.get("run_id")
+        )
+        return found if isinstance(found, str) and found else None
+
+    @property
+    def trained_in(self) -> str:
+        """The folder the training run was trained in (its stored ``paths.output_dir``, else
+        the folder of its checkpoints, else this file's folder): the identity of files without
+        a run id, also for copies and moved folders."""
+        if self.is_reevaluation:
+            named = (self.results.get("reevaluates") or {}).get("run_dir")
+            if isinstance(named, str) and named:
+                return named
+        paths = self.config.get("paths")
+        stored = paths.get("output_dir") if isinstance(paths, dict) else None
+        if isinstance(stored, str) and stored:
+            return stored
+        return self.checkpoint_run or str(self.path.parent)
+
+    @property
+    def checkpoint_run(self) -> str | None:
+        """The run folder of the tested checkpoint (``RUN/checkpoints/x.ckpt``), if it is one."""
+        checkpoint = Path(self.results.get("checkpoint") or "")
+        return str(checkpoint.parent.parent) if checkpoint.parent.name == "checkpoints" else None
+
+    @property
+    def folder_key(self) -> str:
+        """The fallback identity: where the run was trained, and its seed."""
+        return json.dumps([self.trained_in, self.seed], default=str)
+
+    def folder_keys(self) -> set[str]:
+        """Every (folder, seed) that names this run: the folder it was trained in, and that of
+        its checkpoints (the same, unless the folder was moved before a re-evaluation)."""
+        folders = {self.trained_in, self.checkpoint_run}
+        paths = self.config.get("paths")
+        stored = paths.get("output_dir") if isinstance(paths, dict) else None
+        folders |= {stored} if isinstance(stored, str) and stored else set()
+        return {json.dumps([f, self.seed], default=str) for f in folders if f}
+
+    def same_run(self, other: Run) -> bool:
+        """Both name the same training run: the same id, or, where either has none (a file
+        from before ids), a training folder and the seed in common."""
+        if self.run_id and other.run_id:
+            return self.run_id == other.run_id
+        return bool(self.folder_keys() & other.folder_keys())
+
+    @property
+    def identity_text(self) -> str:
+        if self.run_id:
+            return f"run id {self.run_id}"
+        return f"trained in {self.trained_in}, seed {self.seed}"
 
     @property
     def checkpoint_label(self) -> str:
@@ -73,9 +161,9 @@ class Run:
     def checkpoint_kind(self) -> str:
         return CHECKPOINTS.get(self.checkpoint_label, self.checkpoint_label)
 
-    def evaluations(self) -> dict[str, dict[str, Any]]:
-        """Each tested checkpoint under its label (``best``, ``last``) with its ``models``; a
-        results file from before both were tested has its one checkpoint only."""
+    def stored_evaluations(self) -> dict[str, dict[str, Any]]:
+        """Each tested checkpoint under its label (``best``, ``last``) with its ``models``, as
+        stored; a results file from before both were tested has its one checkpoint only."""
         stored = self.results.get("evaluations")
         if stored:
             return {str(k): v for k, v in stored.items()}
@@ -86,6 +174,11 @@ class Run:
                 "models": self.results["models"],
             }
         }
+
+    def evaluations(self) -> dict[str, dict[str, Any]]:
+        """``stored_evaluations`` without the models whose metric values are not finite
+        numbers (named in ``invalid``); a checkpoint left with no model is left out."""
+        return self._checked
 
     @property
     def selection_model(self) -> str | None:
@@ -122,6 +215,65 @@ class Run:
         return {case: float(np.mean(v)) for case, v in values.items()}
 
 
+def checked_evaluations(run: Run) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The run's evaluations with only the models whose every metric value (``mean`` and
+    ``per_class``, also in the top-level ``models`` of the selected checkpoint) is a finite
+    number, and the problems found, each naming its key. A cost (``extra.training.
+    seconds_per_step``) that is not a finite number is named too (and not used)."""
+    problems: list[str] = []
+    bad: set[tuple[str, str]] = set()
+    stored = run.stored_evaluations()
+    for label, evaluation in stored.items():
+        where = f"evaluations.{label}.models" if run.results.get("evaluations") else "models"
+        for model, summary in evaluation["models"].items():
+            found = metric_problems(summary, f"{where}.{model}")
+            if found:
+                problems += found
+                bad.add((label, model))
+    if run.results.get("evaluations"):  # the top-level models: the selected checkpoint's
+        selected = next(
+            (k for k, e in stored.items() if e.get("checkpoint") == run.results["checkpoint"]),
+            run.checkpoint_label,
+        )
+        for model, summary in run.results["models"].items():
+            found = metric_problems(summary, f"models.{model}")
+            if found:
+                problems += found
+                bad.add((selected, model))
+    cost = ((run.results.get("extra") or {}).get("training") or {}).get("seconds_per_step")
+    if cost is not None and not is_number(cost):
+        problems.append(f"extra.training.seconds_per_step = {cost!r}: not a finite number")
+    checked = {}
+    for label, evaluation in stored.items():
+        models = {m: v for m, v in evaluation["models"].items() if (label, m) not in bad}
+        if models:
+            checked[label] = {**evaluation, "models": models}
+    return checked, problems
+
+
+def metric_problems(summary: dict[str, Any], where: str) -> list[str]:
+    """``KEY = VALUE: why`` for every metric of an aggregate that is missing or is not a
+    finite number (a string such as ``"0.99"`` is not one: it is not averaged)."""
+    places = [(f"{where}.mean", summary["mean"])]
+    places += [(f"{where}.per_class.{c}", v) for c, v in summary["per_class"].items()]
+    problems = []
+    for key, metrics in places:
+        if not isinstance(metrics, dict):
+            problems.append(f"{key} = {metrics!r}: expected a JSON object of metrics")
+            continue
+        for metric in METRIC_NAMES:
+            if metric not in metrics:
+                problems.append(f"{key}.{metric}: missing")
+            elif not is_number(metrics[metric]):
+                problems.append(f"{key}.{metric} = {metrics[metric]!r}: not a finite number")
+    return problems
+
+
+def is_number(value: Any) -> bool:
+    """A finite JSON number (not a string, a boolean, null, NaN or infinity)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass
 class Group:
     """Runs of one configuration (all seeds)."""
@@ -139,22 +291,28 @@ class Group:
 # -- collecting and grouping ---------------------------------------------------------------
 @dataclass
 class Sources:
-    """What was found under the report's paths: the readable runs, the ``results.json`` that
-    could not be read (path, reason), and the numbered jobs of sweeps that have none."""
+    """What was found under the report's paths: the training runs, each once; the ``segssl
+    test`` re-evaluations (each with the reported run it tested, or None); the ``results.json``
+    not reported (path, reason: unreadable, archived by a resume, another file of a run already
+    counted); the runs reported with values left out (path, ``key: problem``); and the
+    numbered jobs of sweeps that have no results."""
 
     runs: list[Run]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     missing: list[Path] = field(default_factory=list)
+    reevaluations: list[tuple[Run, Run | None]] = field(default_factory=list)
+    invalid: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Run]:
-    """Every readable results.json under the given folders (recursively) or given directly."""
+    """Every training run under the given folders (recursively) or files, each once."""
     return collect_runs(paths).runs
 
 
 def collect_runs(paths: Sequence[str | Path]) -> Sources:
-    """Runs under ``paths``; a damaged ``results.json`` is skipped with a warning naming it (one
-    killed or half-copied run must not hide the others), a sweep job without one is listed."""
+    """Runs under ``paths``, keyed by identity (see the module text). A damaged
+    ``results.json`` is skipped with a warning naming it and why (one killed or half-copied
+    run must not hide the others), a sweep job without one is listed."""
     files: list[Path] = []
     missing: list[Path] = []
     for item in paths:
@@ -168,14 +326,33 @@ def collect_runs(paths: Sequence[str | Path]) -> Sources:
             raise ReportError(f"{path}: no such run folder or results file")
     if not files:
         raise ReportError(f"no {RESULTS_FILENAME} under {', '.join(map(str, paths))}")
-    runs, skipped = [], []
+    found: list[Run] = []
+    skipped: list[tuple[Path, str]] = []
     for file in dict.fromkeys(f.resolve() for f in files):
         try:
-            runs.append(Run(file, read_results(file)))
+            found.append(Run(file, read_results(file)))
         except (OSError, ValueError) as err:
-            reason = str(err).removeprefix(f"{file}: ")
-            print(f"segssl report: warning: skipped {file}: {reason}", file=sys.stderr)
-            skipped.append((file, reason))
+            skipped.append((file, str(err).removeprefix(f"{file}: ")))
+    training = [r for r in found if not r.is_reevaluation]
+    runs, not_counted = one_file_per_run([r for r in training if not r.is_archived])
+    skipped += not_counted
+    for archived in (r for r in training if r.is_archived):
+        live = next((r for r in runs if r.same_run(archived)), None)
+        skipped.append((archived.path, archived_reason(archived, live)))
+    reevaluations, not_counted = reevaluations_of(
+        [r for r in found if r.is_reevaluation], runs
+    )  # fmt: skip
+    skipped += not_counted
+    unusable = [r for r in runs if not r.evaluations()]
+    for run in unusable:
+        skipped.append((run.path, "no result with valid metric values: " + "; ".join(run.invalid)))
+    runs = [r for r in runs if r not in unusable]
+    invalid = [(r.path, problem) for r in runs for problem in r.invalid]
+    invalid += [(r.path, problem) for r, _ in reevaluations for problem in r.invalid]
+    for file, reason in skipped:
+        print(f"segssl report: warning: skipped {file}: {reason}", file=sys.stderr)
+    for file, problem in invalid:
+        print(f"segssl report: warning: {file}: {problem}; left out", file=sys.stderr)
     missing = list(dict.fromkeys(m.resolve() for m in missing))
     for job in missing:
         print(
@@ -184,11 +361,80 @@ def collect_runs(paths: Sequence[str | Path]) -> Sources:
             file=sys.stderr,
         )
     if not runs:
+        where = ", ".join(map(str, paths))
+        if reevaluations:
+            raise ReportError(
+                f"only `segssl test` re-evaluations under {where} ({len(reevaluations)} "
+                f"{RESULTS_FILENAME}), no training run: a re-evaluation is not a seed; give "
+                "the training runs' folders too, and the re-evaluations are listed with them"
+            )
         raise ReportError(
-            f"no readable {RESULTS_FILENAME} under {', '.join(map(str, paths))} "
-            f"(skipped: {'; '.join(f'{f}: {r}' for f, r in skipped)})"
+            f"no readable {RESULTS_FILENAME} of a training run under {where} "
+            f"(not reported: {'; '.join(f'{f}: {r}' for f, r in skipped)})"
         )
-    return Sources(runs, skipped, missing)
+    return Sources(runs, skipped, missing, reevaluations, invalid)
+
+
+def one_file_per_run(runs: Sequence[Run]) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """Each training run once: of the files naming the same run (copies of its folder), the
+    newest result counts (an extension's, not the copy's from before it), the others are
+    returned with the reason."""
+    clusters: list[list[Run]] = []
+    for run in runs:
+        cluster = next((c for c in clusters if any(run.same_run(o) for o in c)), None)
+        if cluster is None:
+            clusters.append([run])
+        else:
+            cluster.append(run)
+    kept, dropped = [], []
+    for cluster in clusters:
+        ordered = sorted(cluster, key=_preference)
+        chosen = ordered[-1]
+        kept.append(chosen)
+        for run in cluster:
+            if run is not chosen:
+                dropped.append(
+                    (run.path, f"same run as {chosen.path} ({chosen.identity_text}): counted once")
+                )
+    order = {id(r): i for i, r in enumerate(runs)}
+    return sorted(kept, key=lambda r: order[id(r)]), dropped
+
+
+def _preference(run: Run) -> tuple:
+    """Newest result first; of equal copies, the one in the folder it was trained in."""
+    home = str(Path(run.trained_in).expanduser().resolve()) == str(run.path.parent)
+    return str(run.results["created"]), home, -len(run.path.parts)
+
+
+def archived_reason(archived: Run, live: Run | None) -> str:
+    """Why results a resume moved aside are not reported."""
+    if live is not None:
+        return f"archived by `train resume=` when the run was extended; {live.path} counts"
+    return (
+        "archived by `train resume=` when the run was extended; the extended run has no "
+        f"{RESULTS_FILENAME} yet (still running or stopped)"
+    )
+
+
+def reevaluations_of(
+    found: Sequence[Run], runs: Sequence[Run]
+) -> tuple[list[tuple[Run, Run | None]], list[tuple[Path, str]]]:
+    """Each ``segssl test`` result once (copies of it dropped), with the reported training
+    run whose checkpoint it tested (None when that run is not in the report)."""
+    seen: dict[str, Run] = {}
+    listed: list[tuple[Run, Run | None]] = []
+    dropped: list[tuple[Path, str]] = []
+    for result in found:
+        key = json.dumps(
+            [result.run_id or result.folder_key, result.results["checkpoint"],
+             result.results["split"], str(result.results["created"])]
+        )  # fmt: skip
+        if key in seen:
+            dropped.append((result.path, f"a copy of the re-evaluation {seen[key].path}"))
+            continue
+        seen[key] = result
+        listed.append((result, next((r for r in runs if r.same_run(result)), None)))
+    return listed, dropped
 
 
 def missing_jobs(folder: Path) -> list[Path]:
@@ -221,9 +467,11 @@ def check_comparable(runs: Sequence[Run]) -> tuple[str, dict[str, Any]]:
 
 
 def comparable_protocol(run: Run) -> dict[str, Any]:
-    """The protocol without the network input size (a setting of the group, not the metric)."""
+    """The protocol without the network input size (a setting of the group, not the metric) and
+    without how often validation computed distances (the tested metrics do not depend on it)."""
     protocol = run.results["protocol"]
-    return {k: v for k, v in protocol.items() if k not in ("image_size", "patch_size")}
+    ignored = ("image_size", "patch_size", "val_distances_every")
+    return {k: v for k, v in protocol.items() if k not in ignored}
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
