@@ -14,6 +14,14 @@ training items, which is what a loader that reads items on demand costs per samp
 
 The last line is ``ratio R``: folder / h5 training samples per second, the lower of the 2-D
 and 3-D ratios (the goal is R >= 0.7 once the cache exists).
+
+``--device-path`` instead compares, on the same 2-D slices at ACDC's protocol (256 x 256, batch
+24 with 12 labeled, DSAIF views with p=0.5), the per-sample cost of the loader path without and
+with the view cache and of the device-resident path (``data.on_device``, run here on this CPU:
+an upper bound of its cost on a GPU, where it is a few dozen batched kernels per stream); its last
+line is ``device_ratio R``: loader-with-cache / device-path seconds per sample. The functions
+``loader_path_seconds_per_batch`` and ``device_path_seconds_per_batch`` measure one data module
+and are what other benchmarks build on.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import torch
 
 from segssl.data.datamodule import SemiSupervisedDataModule
 from segssl.data.readers import make_layout, read_list
+from segssl.filters.views import dsaif_views
 
 # the first volumes of ACDC's val.list: the shared data hold whole volumes only for val
 ACDC_SPACING_ZYX = (10.0, 1.5, 1.5)
@@ -187,6 +196,104 @@ def loader_throughput(module: SemiSupervisedDataModule, samples: int) -> tuple[f
     return count / (time.perf_counter() - start), count / (time.process_time() - cpu)
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _seconds_per_batch(batches_of, batches: int, warmup: int, clock, device) -> float:
+    """Mean seconds per step over ``batches`` steps after ``warmup``, epochs back to back."""
+
+    def steps():
+        while True:
+            yield from batches_of()
+
+    iterator = steps()
+    for _ in range(warmup):
+        next(iterator)
+    _synchronize(device)
+    start = clock()
+    for _ in range(batches):
+        next(iterator)
+    _synchronize(device)
+    return (clock() - start) / max(batches, 1)
+
+
+def loader_path_seconds_per_batch(
+    module: SemiSupervisedDataModule, batches: int = 5, warmup: int = 2, clock=time.perf_counter
+) -> float:
+    """Seconds per training step (both streams, ``module.batch_size`` items) of the host
+    loaders of a set-up data module, in this process (``data.num_workers`` as configured; 0 for
+    per-core numbers). ``clock=time.process_time`` counts this process's CPU time only."""
+    loader = module._loader_path()
+    return _seconds_per_batch(lambda: loader, batches, warmup, clock, torch.device("cpu"))
+
+
+def device_path_seconds_per_batch(
+    module: SemiSupervisedDataModule,
+    device: torch.device | str = "cpu",
+    batches: int = 5,
+    warmup: int = 2,
+    clock=time.perf_counter,
+) -> float:
+    """Seconds per training step (both streams) of the device-resident path
+    (``data.on_device``) of a set-up 2-D data module on ``device``, the slices already held there
+    (the one-off copy is not counted); CUDA work is waited for before each reading."""
+    device = torch.device(device)
+    batches_of = module.device_batches(device)
+    return _seconds_per_batch(lambda: batches_of, batches, warmup, clock, device)
+
+
+def slice_module(
+    root: Path, cache_dir: Path, cache: bool, image_size: int = 256, labeled: int = 2, **options
+) -> SemiSupervisedDataModule:
+    """A set-up 2-D data module at ACDC's protocol batch (24, 12 labeled) with DSAIF views."""
+    views = dsaif_views(p=0.5, cache=cache, cache_dir=str(cache_dir))
+    module = SemiSupervisedDataModule(
+        root=root, num_classes=4, class_names=["RV", "Myo", "LV"], labeled=labeled,
+        image_size=image_size, batch_size=24, labeled_batch_size=12, views=views,
+        num_workers=0, pin_memory=False, **options,
+    )  # fmt: skip
+    module.setup("fit")
+    return module
+
+
+def compare_device_path(root: Path, cache_dir: Path, args: argparse.Namespace) -> float:
+    """Per-sample CPU seconds of the loader path (without and with the view cache) and of the
+    device path on this CPU; returns loader-with-cache / device path."""
+    on_the_fly = slice_module(root, cache_dir, False, args.image_size, args.labeled)
+    cached = slice_module(root, cache_dir, True, args.image_size, args.labeled, on_device=False)
+    device = slice_module(root, cache_dir, True, args.image_size, args.labeled, on_device=True)
+    per_sample, cpu = {}, time.process_time  # CPU seconds: steadier on a shared machine
+    for _ in range(args.repeats):  # interleaved, best of N: others share the CPUs
+        for name, measure in (
+            (
+                "loader, filter on the fly",
+                lambda: loader_path_seconds_per_batch(on_the_fly, 3, clock=cpu),
+            ),
+            (
+                "loader, filter.cache=true",
+                lambda: loader_path_seconds_per_batch(cached, 3, clock=cpu),
+            ),
+            (
+                "device path on this CPU",
+                lambda: device_path_seconds_per_batch(device, "cpu", 5, clock=cpu),
+            ),
+        ):
+            seconds = measure() / 24
+            per_sample[name] = min(per_sample.get(name, seconds), seconds)
+    for name, seconds in per_sample.items():
+        print(f"  {name:<28s} {1000 * seconds:8.2f} CPU ms/sample", flush=True)
+    base = per_sample["loader, filter.cache=true"]
+    device_seconds = per_sample["device path on this CPU"]
+    print(
+        f"  ratios: on the fly / cache {per_sample['loader, filter on the fly'] / base:.2f}, "
+        f"cache / device path {base / device_seconds:.2f}",
+        flush=True,
+    )
+    return base / device_seconds
+
+
 def random_reads(p: Pipeline, count: int) -> float:
     """``layout.load`` of random training items per second (a fresh layout each time)."""
     layout = make_layout(p.layout, p.root, **p.options)
@@ -215,6 +322,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None, help="preprocessing processes")
     parser.add_argument("--synthetic", action="store_true", help="synthetic data even if ACDC")
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer of everything")
+    parser.add_argument(
+        "--device-path", action="store_true",
+        help="compare the loader path (with/without view cache) with the device path instead",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.cases, args.samples_2d, args.samples_3d, args.reads, args.repeats = 4, 48, 16, 8, 1
@@ -227,6 +338,15 @@ def main() -> int:
         cases, origin = source_cases(args.cases, tmp_dir / "synthetic", args.synthetic)
         roots = write_layouts(tmp_dir, cases)
         shape = cases[0].image.shape
+        if args.device_path:
+            print(
+                f"{origin}: {len(cases) - 1} training volumes, 2-D slices resized to "
+                f"{args.image_size}, batch 24 (12 labeled), DSAIF p=0.5, 1 torch thread",
+                flush=True,
+            )
+            ratio = compare_device_path(roots["h5_slices"], tmp_dir / "views", args)
+            print(f"device_ratio {ratio:.2f}")
+            return 0
         print(
             f"{origin}: {len(cases) - 1} training volumes + 1 validation, (D, H, W) = {shape}; "
             f"2-D slices resized to {args.image_size}, 3-D patches {args.patch_size}; "

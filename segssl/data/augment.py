@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from monai.transforms import MapTransform, RandomizableTransform
 
 BRANCHES = ("rot_flip", "rotate", "identity")
+# SSL4MIS's recipe, shared with the batched device path (segssl/data/device_batches.py)
+BRANCH_WEIGHTS = (0.5, 0.25, 0.25)
+ROTATE_DEGREES = 20.0
 
 
 @lru_cache(maxsize=16)
@@ -40,8 +43,8 @@ class RandSliceAugmentd(RandomizableTransform, MapTransform):
         image_size: int | Sequence[int],
         image_key: Hashable = "image",
         label_key: Hashable = "label",
-        rotate_degrees: float = 20.0,
-        weights: Sequence[float] = (0.5, 0.25, 0.25),
+        rotate_degrees: float = ROTATE_DEGREES,
+        weights: Sequence[float] = BRANCH_WEIGHTS,
         augment: bool = True,
     ) -> None:
         MapTransform.__init__(self, [image_key, label_key], allow_missing_keys=True)

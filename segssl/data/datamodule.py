@@ -1,7 +1,9 @@
 """The data module: labeled and unlabeled training streams, whole volumes for evaluation.
 
 Two separate loaders (rather than one two-stream batch sampler as in SSL4MIS) so that Lightning
-shards each with its own distributed sampler under DDP.
+shards each with its own distributed sampler under DDP. With ``data.on_device`` (2-D data) the
+training set lives on the device instead and batches are built there
+(``segssl/data/device_batches.py``), with the same keys and distributions.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from monai.data import DataLoader, Dataset
 from pytorch_lightning.utilities import CombinedLoader
 
@@ -29,6 +32,12 @@ NOT_IMAGE_OPTIONS = frozenset({"cache", "cache_dir", "workers"})
 def first_item(batch: list[Any]) -> Any:
     """Collate for whole volumes: one volume per step, kept as numpy arrays."""
     return batch[0]
+
+
+def _loader_length(items: int, batch_size: int) -> int:
+    """Batches per epoch of a shuffled loader that drops the last partial batch when there is
+    a full one (``_stream_loader``)."""
+    return items // batch_size if items >= batch_size else 1
 
 
 def default_num_workers(on_accelerator: bool) -> int:
@@ -69,6 +78,12 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         patch_size: 3-D training crop size (required for 3-D layouts).
         layout_options: keyword arguments of the layout class (e.g. ``val_cases``,
             ``spacing``).
+        on_device: hold the 2-D training set on the training device and augment whole batches
+            there (``true``), not per sample in loaders (``false``); ``auto`` does it on a CUDA
+            device when the set fits in ``device_memory_fraction`` of its memory and the views
+            have a device form (none, or cached tree filters: ``filter.cache=true``), else
+            uses the loaders, saying why in the log. ``true`` refuses what it cannot do.
+        device_memory_fraction: the share of the device's memory ``auto`` lets the set take.
     """
 
     def __init__(
@@ -92,8 +107,17 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         test_split: str = "test",
         patch_size: Sequence[int] | None = None,
         layout_options: dict[str, Any] | None = None,
+        on_device: bool | str = "auto",
+        device_memory_fraction: float = 0.25,
     ) -> None:
         super().__init__()
+        if on_device not in (True, False, "auto"):
+            raise DataError(f"data.on_device={on_device!r}: expected true, false or auto")
+        if not 0.0 < device_memory_fraction <= 1.0:
+            raise DataError(
+                f"data.device_memory_fraction={device_memory_fraction}: expected a fraction in "
+                "(0, 1]"
+            )
         if not 0 < labeled_batch_size <= batch_size:
             raise DataError(
                 f"data.labeled_batch_size={labeled_batch_size} must be in 1..data.batch_size "
@@ -117,9 +141,11 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.synthetic = synthetic
         self.val_split, self.test_split = val_split, test_split
+        self.on_device, self.device_memory_fraction = on_device, device_memory_fraction
         self._layout = None
         self._train: dict[str, list[dict]] = {}
         self._volumes: dict[str, list[dict]] = {}
+        self._device_stores: dict[str, Any] = {}  # the device path's slices, by stream
 
     # -- set-up -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -276,9 +302,108 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return trainer is not None and trainer.accelerator.__class__.__name__ != "CPUAccelerator"
 
-    def train_dataloader(self) -> CombinedLoader:
+    def _active_streams(self) -> dict[str, int]:
         streams = {"labeled": self.labeled_batch_size, "unlabeled": self.unlabeled_batch_size}
-        active = {name: size for name, size in streams.items() if size and name in self._train}
+        return {name: size for name, size in streams.items() if size and name in self._train}
+
+    def _training_device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def device_path(self, device: torch.device) -> tuple[bool, str]:
+        """Whether training batches are built on ``device`` (``data.on_device``), and why.
+        ``true`` raises where the device path cannot reproduce the loader path."""
+        from segssl.data.device_batches import store_nbytes, view_plan
+
+        if self.on_device is False:
+            return False, "data.on_device=false"
+        forced = self.on_device is True
+        if self.layout.train_ndim != 2:
+            if forced:
+                raise DataError(
+                    f"data.on_device=true holds 2-D training slices; {self.root} trains on 3-D "
+                    "patches (set data.on_device=false or auto)"
+                )
+            return False, "3-D patches are cropped per sample on the host"
+        _, unsupported = view_plan(self.views)
+        if unsupported:
+            if forced:
+                raise DataError(f"data.on_device=true cannot make these views: {unsupported}")
+            return False, unsupported
+        if forced:
+            return True, "data.on_device=true"
+        if device.type != "cuda":
+            return False, f"data.on_device=auto on a {device.type} device"
+        need = sum(
+            store_nbytes(items, with_labels=name == "labeled")
+            for name, items in self._train.items()
+            if name in self._active_streams()
+        )
+        total = torch.cuda.get_device_properties(device).total_memory
+        budget = self.device_memory_fraction * total
+        if need > budget:
+            return False, (
+                f"the training set needs {need / 2**30:.2f} GiB, more than "
+                f"data.device_memory_fraction={self.device_memory_fraction} of {device}'s "
+                f"{total / 2**30:.1f} GiB"
+            )
+        return True, f"data.on_device=auto: {need / 2**30:.2f} GiB on {device}"
+
+    def device_batches(
+        self, device: torch.device | str = "cpu", seed_offset: int = 0, world_size: int = 1
+    ):
+        """The training iterable of the device path on ``device`` (stores built once per
+        device): as many steps per pass as the loader path's epoch on one of ``world_size``
+        ranks; ``seed_offset`` (the rank) gives each rank its own draws."""
+        from segssl.data.device_batches import (
+            BatchSliceAugment,
+            DeviceBatches,
+            SliceStore,
+            view_plan,
+        )
+
+        if not self._train:
+            raise DataError("device_batches() before setup('fit'): no training data loaded")
+        device = torch.device(device)
+        plan, unsupported = view_plan(self.views)
+        if unsupported:
+            raise DataError(f"data.on_device cannot make these views: {unsupported}")
+        cached = self._device_stores
+        if cached.get("device") != device:
+            cached = {"device": device}
+            for name in self._active_streams():
+                cached[name] = SliceStore(self._train[name], device, with_labels=name == "labeled")
+            self._device_stores = cached
+        active = self._active_streams()
+        streams = {name: (cached[name], size) for name, size in active.items()}
+        augment = BatchSliceAugment(self.image_size, views=plan, augment=self.augment)
+        length = max(
+            _loader_length(-(-len(self._train[n]) // world_size), size)  # DistributedSampler
+            for n, size in active.items()
+        )
+        return DeviceBatches(streams, augment, length, seed_offset=seed_offset)
+
+    def train_dataloader(self):
+        """The loaders' ``CombinedLoader``, or the device path's batches (``data.on_device``)."""
+        if self.on_device is not False:
+            device = self._training_device()
+            use, why = self.device_path(device)
+            if use:
+                trainer = self.trainer
+                rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+                batches = self.device_batches(device, seed_offset=rank, world_size=world)
+                stores = [store for store, _ in batches.streams.values()]
+                log.info(
+                    "Training batches built on %s (%s): %.1f MiB of slices held there",
+                    device, why, sum(s.nbytes for s in stores) / 2**20,
+                )  # fmt: skip
+                return batches
+            if self.on_device == "auto" and device.type == "cuda":
+                log.info("Training batches from host loaders: %s", why)
+        return self._loader_path()
+
+    def _loader_path(self) -> CombinedLoader:
+        active = self._active_streams()
         workers = self.num_workers
         if workers is None:
             workers = default_num_workers(self._on_accelerator())

@@ -20,7 +20,7 @@ from monai.transforms import (
     Transform,
 )
 
-from segssl.data.augment import RandSliceAugmentd
+from segssl.data.augment import ROTATE_DEGREES, RandSliceAugmentd
 
 KEYS = ("image", "label")
 
@@ -53,7 +53,7 @@ def slice_train_transforms(
     image_size: int,
     views: Callable[[dict], dict] | None = None,
     augment: bool = True,
-    rotate_degrees: float = 20.0,
+    rotate_degrees: float = ROTATE_DEGREES,
 ) -> Transform:
     """Resize to the training size, then SSL4MIS's augmentation: half the time a random rot90 and
     flip, a quarter a random rotation in [-rotate_degrees, rotate_degrees], else nothing; then the
