@@ -1,10 +1,12 @@
 """A method rebuilt from a checkpoint file from anywhere, for ``test`` and ``predict``.
 
 The file is read once, with ``torch.load(weights_only=True)`` (see ``segssl.utils.trust``), and
-every ``_target_`` a rebuild would instantiate (the stored run config and the method's
-hyper-parameters) is checked against the allow-list before anything is built. The method is
-then made from those checked hyper-parameters and the weights are loaded into it strictly, so
-weights of another model are a clear error rather than a half-loaded network.
+everything a rebuild would use is checked before anything is built: every ``_target_`` of the
+stored run config and the method's hyper-parameters is an exact name on the allow-list (Hydra's
+special keys and interpolations cannot reach anything else), every number that sizes an
+allocation is in range, and the weights are finite. The method is then made from those checked
+hyper-parameters and the weights are loaded into it strictly, so weights of another model are a
+clear error rather than a half-loaded network.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class TrustedCheckpoint:
 
 
 def read_checkpoint(path: str | os.PathLike) -> TrustedCheckpoint:
-    """Load ``path`` as data and check what it would build; raises a clear error otherwise."""
+    """Load ``path`` as data and check what it would build (``check_checkpoint``); raises a
+    clear error naming the file and the key otherwise."""
     path = Path(path).expanduser().resolve()
     contents = load_checkpoint(path)
     config = check_checkpoint(contents, path)
