@@ -19,8 +19,9 @@ class Command(NamedTuple):
     entry: str  # "module:function", imported only when the command runs
     config: str | None  # Hydra config name; None: ``entry(argv)`` parses its own arguments
     help: str  # one line for ``python -m segssl --help``
-    # "module:function" run on the arguments before Hydra starts (and writes .hydra/);
-    # returns the arguments to use, or exits with a message
+    # "module:function" run on the arguments before Hydra starts; returns the arguments to
+    # use, or exits with a message (the task itself accepts or refuses its run folder before
+    # anything is written into it: segssl/commands/hydra_app.py)
     before_hydra: str | None = None
 
 
@@ -91,9 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     name, rest = argv[0], argv[1:]
+    child = False
     if name not in COMMANDS and "LOCAL_RANK" in os.environ and "SEGSSL_COMMAND" in os.environ:
         # a DDP child process: Lightning re-launches this module with the overrides only
-        name, rest = os.environ["SEGSSL_COMMAND"], argv
+        name, rest, child = os.environ["SEGSSL_COMMAND"], argv, True
     if name not in COMMANDS:
         print(f"unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
@@ -101,9 +103,16 @@ def main(argv: list[str] | None = None) -> None:
     if command.config is None:
         load(command.entry)(rest)
         return
+    from segssl.commands.hydra_app import check_hydra_overrides, hydra_command, search_path_override
+
+    if not child:  # Lightning gives its children hydra.output_subdir=null: they write nothing
+        try:
+            check_hydra_overrides(rest)
+        except ValueError as err:
+            print(f"segssl {name}: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
     if command.before_hydra:
         rest = load(command.before_hydra)(rest)
-    from segssl.commands.hydra_app import hydra_command, search_path_override
 
     os.environ["SEGSSL_COMMAND"] = name  # read back by DDP children (above)
     # experiments of segssl_configs/ or SEGSSL_CONFIG_PATH (what `segssl plan` writes)

@@ -13,13 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict, read_write
 from PIL import Image
 
 from segssl.cli import main
 from segssl.commands import test as test_command
-from segssl.commands.hydra_app import remove_bookkeeping_only_run_folder
 from segssl.commands.predict import PartialPredictionError, predict_files
 from segssl.commands.report import write_report
 from segssl.data.readers import DataError
@@ -179,35 +176,3 @@ def test_failed_predict_in_process_leaves_no_run_folder(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         main(["predict", "ckpt_path=missing.ckpt", "input=x.png", "output=masks"])
     assert list((tmp_path / "outputs" / "predict" / "runs").iterdir()) == []
-
-
-def hydra_run_folder(tmp_path: Path, mode: str = "RUN") -> Path:
-    folder = tmp_path / "outputs" / "test" / "runs" / "stamp"
-    cfg = compose_config("test", ["ckpt_path=x"], folder)
-    with read_write(cfg.hydra), open_dict(cfg.hydra):
-        cfg.hydra.mode = mode
-    HydraConfig().set_config(cfg)
-    (folder / ".hydra").mkdir()
-    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
-        (folder / ".hydra" / name).write_text("{}\n")
-    (folder / "test.log").write_text("error\n")
-    return folder
-
-
-@pytest.mark.parametrize(
-    "extra", ["results.json", "checkpoints/last.ckpt", ".hydra/resume_1.yaml", "notes.txt"]
-)
-def test_a_run_folder_holding_anything_else_is_kept(tmp_path, extra):
-    folder = hydra_run_folder(tmp_path)
-    (folder / extra).parent.mkdir(parents=True, exist_ok=True)
-    (folder / extra).write_text("keep")
-    assert not remove_bookkeeping_only_run_folder()
-    assert (folder / extra).read_text() == "keep"
-
-
-def test_only_bookkeeping_is_removed_and_never_in_a_sweep(tmp_path):
-    folder = hydra_run_folder(tmp_path / "sweep", mode="MULTIRUN")
-    assert not remove_bookkeeping_only_run_folder() and folder.is_dir()
-    folder = hydra_run_folder(tmp_path / "single")
-    assert remove_bookkeeping_only_run_folder() and not folder.exists()
-    assert folder.parent.is_dir()

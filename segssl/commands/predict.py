@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,21 +47,32 @@ class PartialPredictionError(RuntimeError):
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
-    """Hydra task of ``python -m segssl predict``."""
-    inputs = cfg.input
-    if OmegaConf.is_config(inputs):
-        inputs = list(OmegaConf.to_container(inputs))
-    axes = cfg.get("axes")
-    return predict_files(
-        cfg.ckpt_path,
-        inputs,
-        cfg.output,
-        model=cfg.get("model_name"),
-        normalize=cfg.get("normalize"),
-        axes=None if axes is None else [int(a) for a in axes],
-        overwrite=bool(cfg.get("overwrite", False)),
-        device=cfg.get("device", "auto"),
-    )
+    """Hydra task of ``python -m segssl predict``. Its run folder (``.hydra/``, the log) is
+    written only once every input is read and every output is known to be free."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from segssl.commands.hydra_app import accept_run_folder
+    from segssl.utils.run_lock import RunLock, refuse_reuse
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    refuse_reuse(run_dir, "predict")  # before the lock: a run's stale lock stays as it is
+    with RunLock(run_dir):
+        refuse_reuse(run_dir, "predict")
+        inputs = cfg.input
+        if OmegaConf.is_config(inputs):
+            inputs = list(OmegaConf.to_container(inputs))
+        axes = cfg.get("axes")
+        return predict_files(
+            cfg.ckpt_path,
+            inputs,
+            cfg.output,
+            model=cfg.get("model_name"),
+            normalize=cfg.get("normalize"),
+            axes=None if axes is None else [int(a) for a in axes],
+            overwrite=bool(cfg.get("overwrite", False)),
+            device=cfg.get("device", "auto"),
+            accepted=accept_run_folder,
+        )
 
 
 def predict_files(
@@ -73,9 +85,11 @@ def predict_files(
     axes: list[int] | None = None,
     overwrite: bool = False,
     device: str = "auto",
+    accepted: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Predict every input with the checkpoint's ``model`` (default: its selection model), write
-    ``<name>_pred.*`` and ``predictions.json`` into ``output_dir``; return that manifest."""
+    ``<name>_pred.*`` and ``predictions.json`` into ``output_dir``; return that manifest.
+    ``accepted`` is called once everything is checked, before the first file is written."""
     checkpoint = read_checkpoint(ckpt_path)  # data only, allow-listed before it is built
     run = checkpoint.config
     method = build_method(checkpoint)
@@ -84,6 +98,8 @@ def predict_files(
     files = list_inputs(inputs)
     out = Path(output_dir).expanduser()
     targets = plan_outputs(files, out, overwrite)
+    if accepted is not None:
+        accepted()
 
     dev = resolve(device)
     method.to(dev).eval()

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from segssl.utils.trust import (
 log = logging.getLogger(__name__)
 
 RUN_STATE = ".segssl_run.json"
+# checkpoints/abandoned_<time>/: the checkpoints past the step a resume went back to
+ABANDONED = "abandoned_"
 
 # Overrides a resume may apply: where and how the run computes and reports, never what it is.
 # key (or key prefix) -> why it is safe; the README lists the same keys.
@@ -52,6 +55,9 @@ CHANGEABLE: dict[str, str] = {
     "callbacks.progress_bar": "display",
     "callbacks.latest_checkpoint.every_n_train_steps": "how often latest.ckpt is written",
     "data.num_workers": "loader processes",
+    "data.on_device": "where the training set is held (augmentation of the same distributions)",
+    "data.device_memory_fraction": "where the training set is held",
+    "callbacks.latest_checkpoint.train_time_interval": "how often latest.ckpt is written",
     "data.root": "the same data at another path (a run folder moved to another machine)",
     "paths.data_dir": "the same data at another path",
     "test": "whether the best checkpoint is tested at the end",
@@ -77,11 +83,14 @@ class ResumePlan:
 
 # -- locating the run --------------------------------------------------------------------------
 def locate(resume: str | os.PathLike) -> tuple[Path, Path | None]:
-    """``(run folder, checkpoint named or None)`` of a ``resume=`` value."""
+    """``(run folder, checkpoint named or None)`` of a ``resume=`` value: a run folder, a file
+    in its ``checkpoints/``, or one in a branch left there (``checkpoints/abandoned_*/``)."""
     target = Path(resume).expanduser().resolve()
     checkpoint = None
     if target.is_file():  # a checkpoint inside the run folder
         checkpoint, target = target, target.parent.parent
+        if target.name == "checkpoints" and checkpoint.parent.name.startswith(ABANDONED):
+            target = target.parent
     if not (target / ".hydra" / "config.yaml").is_file():
         raise ResumeError(f"resume={target}: not a segssl run folder (no .hydra/config.yaml)")
     return target, checkpoint
@@ -116,6 +125,7 @@ def saved_config(run_dir: Path) -> DictConfig:
     choices = saved_choices(run_dir)
     container = upgrade_targets(OmegaConf.to_container(saved, resolve=False))
     container = _substitute_choices(container, choices, path)
+    check_targets(container, f"{path} with the choices of {run_dir / '.hydra' / 'hydra.yaml'}")
     return OmegaConf.create(container)
 
 
@@ -312,6 +322,8 @@ def checkpoint_to_resume(plan: ResumePlan) -> tuple[Path, int]:
     and its stored config checked against the allow-list before anything is built. Returns
     the file and its global step."""
     path = plan.checkpoint or latest_checkpoint(plan.run_dir)
+    if plan.checkpoint is not None and plan.checkpoint.parent.name.startswith(ABANDONED):
+        branch_point(plan.run_dir, plan.checkpoint.parent)  # refused unless recorded
     verify_checkpoint(path)
     checkpoint = load_checkpoint(path)
     stored = check_checkpoint(checkpoint, path)
@@ -325,33 +337,209 @@ def checkpoint_to_resume(plan: ResumePlan) -> tuple[Path, int]:
     return path, int(checkpoint.get("global_step", 0))
 
 
+def checkpoint_steps(
+    run_dir: Path, folder: Path | None = None
+) -> tuple[dict[Path, int], dict[Path, str]]:
+    """The global step of each readable checkpoint in ``checkpoints/`` (or ``folder``; a damaged
+    or unreadable one is skipped with a warning), and the checkpoints refused because they hold
+    pickled Python objects, with the reason."""
+    steps: dict[Path, int] = {}
+    refused: dict[Path, str] = {}
+    for path in sorted((folder or run_dir / "checkpoints").glob("*.ckpt")):
+        problem = checkpoint_problem(path)
+        try:
+            # weights_only=True: reading a damaged or crafted file runs nothing, and tells a
+            # pickle that would build objects (refused) from a damaged file (skipped)
+            steps[path] = int(load_checkpoint(path)["global_step"])
+        except UntrustedInputError as err:
+            refused[path] = str(err)
+        except (ValueError, KeyError, TypeError) as err:
+            if problem is not None:
+                log.warning("Skipping damaged checkpoint %s: %s", path, problem)
+            else:
+                log.warning("Skipping unreadable checkpoint %s: %s", path, err)
+        else:
+            if problem is not None:  # loads, yet a record fails its CRC check
+                log.warning("Skipping damaged checkpoint %s: %s", path, problem)
+                del steps[path]
+    return steps, refused
+
+
+def _listing(run_dir: Path, steps: dict[Path, int]) -> str:
+    return ", ".join(
+        f"{p.relative_to(run_dir)} (step {s})"
+        for p, s in sorted(steps.items(), key=lambda item: (-item[1], item[0].name))
+    )
+
+
 def latest_checkpoint(run_dir: Path) -> Path:
     """The checkpoint with the highest global step among ``checkpoints/*.ckpt`` (newest file on
-    a tie); a damaged one is skipped with a warning, one holding code is refused."""
-    candidates = sorted((run_dir / "checkpoints").glob("*.ckpt"))
-    if not candidates:
-        raise ResumeError(f"resume={run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
-    steps: dict[Path, int] = {}
-    for path in candidates:
-        problem = checkpoint_problem(path)
-        if problem is not None:
-            log.warning("Skipping damaged checkpoint %s: %s", path, problem)
-            continue
-        try:
-            steps[path] = int(load_checkpoint(path)["global_step"])
-        except UntrustedInputError:
-            raise
-        except (ValueError, KeyError, TypeError) as err:
-            log.warning("Skipping unreadable checkpoint %s: %s", path, err)
+    a tie), on the branch the user last chose (a resume from an older checkpoint moves the
+    checkpoints past it aside, see ``leave_branch``). A damaged checkpoint is skipped with a
+    warning; one holding pickled objects is refused (no silent fallback to an older one);
+    checkpoints of two branches side by side (left by older versions) are refused, listed."""
+    checkpoints = run_dir / "checkpoints"
+    if not any(checkpoints.glob("*.ckpt")):
+        raise ResumeError(f"resume={run_dir}: no checkpoint in {checkpoints}")
+    steps, refused = checkpoint_steps(run_dir)
+    if refused:
+        first, reason = next(iter(refused.items()))
+        more = [p.name for p in list(refused)[1:]]
+        others = f" (so are {', '.join(more)})" if more else ""
+        instead = (
+            f"The checkpoints that read back are {_listing(run_dir, steps)}; to continue from "
+            f"one of them, name it: resume={checkpoints}/<file> (and delete the refused file)."
+            if steps
+            else "No other checkpoint of this run reads back."
+        )
+        raise UntrustedInputError(
+            f"{reason}{others}. resume={run_dir} takes the run's newest checkpoint and does not "
+            f"fall back to an older one in place of a refused file. {instead}"
+        )
     if not steps:
-        raise ResumeError(f"resume={run_dir}: no readable checkpoint in {run_dir / 'checkpoints'}")
-    return max(steps, key=lambda p: (steps[p], p.stat().st_mtime))
+        raise ResumeError(f"resume={run_dir}: no readable checkpoint in {checkpoints}")
+    _refuse_branches(run_dir, steps)
+    newest = max(steps, key=lambda p: (steps[p], p.stat().st_mtime))
+    branches = read_run_state(run_dir).get("branches") or []
+    if branches:
+        branch = branches[-1]
+        log.info(
+            "Continuing the branch chosen on %s at %s (step %s): its newest checkpoint is %s "
+            "(step %d)%s",
+            branch.get("chosen"), branch.get("checkpoint"), branch.get("global_step"),
+            newest.relative_to(run_dir), steps[newest],
+            f"; the checkpoints it left are in {branch['left']}" if branch.get("left") else "",
+        )  # fmt: skip
+    return newest
+
+
+def _refuse_branches(run_dir: Path, steps: dict[Path, int]) -> None:
+    """Refuse to guess between branches that share ``checkpoints/`` (as versions before the
+    branch handling left them): Lightning's ``last-v1.ckpt`` beside ``last.ckpt``, or a resume
+    from an older checkpoint whose run went on past it before that resume began."""
+    lasts = {p: s for p, s in steps.items() if re.fullmatch(r"last(-v\d+)?\.ckpt", p.name)}
+    branched: dict[Path, int] = {}
+    entries = read_run_state(run_dir).get("resumes") or []
+    if entries and "left" not in entries[-1]:  # a resume recorded without branch handling
+        entry = entries[-1]
+        started = _epoch(entry.get("started"))
+        step = entry.get("global_step")
+        chosen = run_dir / str(entry.get("checkpoint", ""))
+        if started is not None and isinstance(step, int) and chosen in steps:
+            branched = {p: s for p, s in steps.items() if s > step and p.stat().st_mtime < started}
+            if branched:
+                branched[chosen] = step
+    if len(lasts) < 2 and not branched:
+        return
+    found = branched or lasts
+    raise ResumeError(
+        f"resume={run_dir}: its checkpoints/ holds more than one branch of the run (a resume "
+        f"from an older checkpoint left the newer ones beside it): {_listing(run_dir, found)}; "
+        f"segssl does not guess which one to continue. Name it: resume={run_dir}/checkpoints/"
+        f"<file> (the checkpoints of the other branch then move to checkpoints/"
+        f"{ABANDONED}<time>/)."
+    )
+
+
+def _epoch(text: Any) -> float | None:
+    try:
+        return time.mktime(time.strptime(str(text), "%Y-%m-%d %H:%M:%S"))
+    except (ValueError, OverflowError):
+        return None
+
+
+def branch_point(run_dir: Path, left: Path) -> int:
+    """The step the run went back to when it left the checkpoints now in ``left``: the
+    checkpoints past it in ``checkpoints/`` are those of the branch taken then."""
+    name = str(left.relative_to(run_dir))
+    for branch in reversed(read_run_state(run_dir).get("branches") or []):
+        if branch.get("left") == name and isinstance(branch.get("global_step"), int):
+            return int(branch["global_step"])
+    raise ResumeError(
+        f"resume={left}: {run_dir / RUN_STATE} does not record the step at which the run left "
+        f"{name}, so segssl cannot tell which checkpoints of {run_dir / 'checkpoints'} to set "
+        f"aside for it; move them by hand and name the checkpoint there"
+    )
+
+
+def leave_branch(plan: ResumePlan, checkpoint: Path, global_step: int, stamp: str) -> dict | None:
+    """A resume from a checkpoint older than others of the run starts a branch: the checkpoints
+    past its step (the run it leaves: ``last.ckpt``, ``latest.ckpt``, later best ones) move to
+    ``checkpoints/abandoned_<time>/``, so a later plain ``resume=RUN`` continues this branch and
+    the branch writes its own ``last.ckpt`` (not ``last-v1.ckpt`` beside a stale one).
+
+    Going back to a checkpoint of a branch left earlier (``checkpoints/abandoned_*/FILE``)
+    swaps: the current branch's checkpoints (past the step where that one was left) move
+    aside, and that branch's checkpoints up to the chosen one move back into ``checkpoints/``
+    (the chosen file is linked, as training reads it where it was named). Returns the branch
+    record (None when the resume leaves nothing)."""
+    if plan.checkpoint is None:
+        return None
+    run_dir, home = plan.run_dir, plan.run_dir / "checkpoints"
+    steps, refused = checkpoint_steps(run_dir)
+    for path in refused:
+        log.warning("Leaving %s in place: it holds pickled objects (refused)", path)
+    back: dict[Path, int] = {}
+    if checkpoint.parent.name.startswith(ABANDONED) and checkpoint.parent.parent == home:
+        base = branch_point(run_dir, checkpoint.parent)
+        back = {p: s for p, s in checkpoint_steps(run_dir, checkpoint.parent)[0].items()}
+        back = {p: s for p, s in back.items() if s <= global_step}
+        names = {p.name for p in back}
+        past = {p: s for p, s in steps.items() if s > base or p.name in names}
+    else:
+        past = {p: s for p, s in steps.items() if s > global_step and p != checkpoint}
+    if not past and not back:
+        return None
+    folder = home / f"{ABANDONED}{stamp}"
+    if past:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in past:
+            move(path, folder / path.name)
+    for path in back:
+        if path == checkpoint:
+            _link_or_copy(path, home / path.name)
+        else:
+            move(path, home / path.name)
+    left = str(folder.relative_to(run_dir)) if past else None
+    done = []
+    if past:
+        listed = ", ".join(f"{p.name}: step {s}" for p, s in sorted(past.items()))
+        done.append(
+            f"the {len(past)} checkpoint(s) of the run it leaves ({listed}) moved to {left}"
+        )
+    if back:
+        listed = ", ".join(sorted(p.name for p in back))
+        done.append(f"{listed} taken back into checkpoints/ from {checkpoint.parent.name}")
+    log.warning(
+        "Branching %s at %s (step %d): %s; a plain resume=%s continues this branch",
+        run_dir, _relative(checkpoint, run_dir), global_step, "; ".join(done), run_dir,
+    )  # fmt: skip
+    return {
+        "chosen": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "checkpoint": _relative(checkpoint, run_dir),
+        "global_step": global_step,
+        "left": left,
+        "moved": {p.name: s for p, s in sorted(past.items())},
+        "taken_back": {p.name: s for p, s in sorted(back.items())},
+    }
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
+
+
+def _relative(path: Path, run_dir: Path) -> str:
+    return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
 
 
 def record_resume(plan: ResumePlan, checkpoint: Path, global_step: int | None, seed: int) -> Path:
     """Write this start's effective config and applied overrides to ``.hydra/resume_<time>/``
     and append it, with the seed it continues on, to the run state; a finished run's results
-    move there too (it is extended)."""
+    move there too (it is extended). A resume from an older checkpoint leaves the newer ones
+    (``leave_branch``) and records the branch it chose."""
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     folder = plan.run_dir / ".hydra" / f"resume_{stamp}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -360,19 +548,22 @@ def record_resume(plan: ResumePlan, checkpoint: Path, global_step: int | None, s
     for path in [plan.run_dir / "results.json", *plan.run_dir.glob("per_case*.csv")]:
         if path.is_file():
             move(path, folder / path.name)
+    branch = leave_branch(plan, checkpoint, int(global_step or 0), stamp)
     state = read_run_state(plan.run_dir)
     entry = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "host": socket.gethostname(),
-        "checkpoint": str(checkpoint.relative_to(plan.run_dir))
-        if checkpoint.is_relative_to(plan.run_dir)
-        else str(checkpoint),
+        "checkpoint": _relative(checkpoint, plan.run_dir),
         "global_step": global_step,
         "seed": seed,
         "overrides": plan.applied,
         "record": str(folder.relative_to(plan.run_dir)),
+        "left": branch["left"] if branch else None,  # the branch this resume left, if any
     }
-    write_run_state(plan.run_dir, resumes=[*state.get("resumes", []), entry])
+    values: dict[str, Any] = {"resumes": [*state.get("resumes", []), entry]}
+    if branch is not None:
+        values["branches"] = [*state.get("branches", []), branch]
+    write_run_state(plan.run_dir, **values)
     return folder
 
 

@@ -12,15 +12,25 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from segssl.commands.hydra_app import accept_run_folder
 from segssl.data.readers import DataError
 from segssl.evaluation.checkpoints import build_method, read_checkpoint
 from segssl.utils.run import resolved_config, save_evaluation
+from segssl.utils.run_lock import RunLock, refuse_reuse
 
 log = logging.getLogger(__name__)
 
 
 def test(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    # one owner per folder, and never a folder that holds a run: its results and .hydra/ stay
+    refuse_reuse(output_dir, "test")  # before the lock: a run's stale lock stays as it is
+    with RunLock(output_dir):
+        refuse_reuse(output_dir, "test")
+        return _test(cfg, output_dir)
+
+
+def _test(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     # read as data and checked against the allow-list before anything is built
     checkpoint = read_checkpoint(cfg.ckpt_path)
     run = OmegaConf.create(checkpoint.config)
@@ -33,6 +43,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     check_split(datamodule, split)
     datamodule.test_split = split
     method = build_method(checkpoint)
+    accept_run_folder()  # all inputs read: only now are .hydra/ and the log written
     method.evaluation_stage = split
     trainer = pl.Trainer(
         accelerator=cfg.get("accelerator", "auto"),

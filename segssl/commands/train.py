@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
+from segssl.commands.hydra_app import accept_run_folder
 from segssl.commands.resume import (
     ResumeError,
     checkpoint_to_resume,
@@ -44,10 +45,10 @@ log = logging.getLogger(__name__)
 
 
 def check_before_hydra(argv: list[str]) -> list[str]:
-    """Run by ``cli.main`` before Hydra writes ``.hydra/``: a refused resume or a folder owned by
-    another run must lose nothing. Returns the overrides with those a resume adds (its own run
-    folder); exits with the reason otherwise. DDP children skip this: their parent checked and
-    owns the folder."""
+    """Run by ``cli.main`` before Hydra starts: a refused resume or a folder owned by another run
+    is refused with the clearest message (the task checks again under the lock). Returns the
+    overrides with those a resume adds (its own run folder); exits with the reason otherwise.
+    DDP children skip this: their parent checked and owns the folder."""
     if os.environ.get("LOCAL_RANK", "0") != "0":
         return argv
     try:
@@ -76,6 +77,8 @@ def build_data_and_method(cfg: DictConfig) -> tuple[SemiSupervisedDataModule, Se
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    if not cfg.get("resume") and rank_zero_only.rank == 0:
+        refuse_existing_run(output_dir)  # before the lock: a run's stale lock stays as it is
     # one owner per run folder (rank 0 holds it for all ranks of a DDP run)
     lock = RunLock(output_dir) if rank_zero_only.rank == 0 else nullcontext()
     with lock:
@@ -96,9 +99,12 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         )  # fmt: skip
         # Lightning warns that the loaders restart mid-epoch; the fresh seed is the answer
         warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
-    else:
+    elif rank_zero_only.rank == 0:  # a DDP child writes into the folder its parent accepted
         refuse_existing_run(output_dir)
     check_training_settings(cfg)  # before anything is built
+    # this run owns the folder: only now are .hydra/ (not on a resume: record_resume writes
+    # its own record) and the job log written into it
+    accept_run_folder(bookkeeping=plan is None)
     install_stop_handlers()  # SIGTERM / Ctrl-C stop within seconds (segssl/utils/signals.py)
     pl.seed_everything(seed, workers=True)
     config = resolved_config(cfg)
@@ -203,13 +209,21 @@ def last_checkpoint(trainer: pl.Trainer) -> str | None:
 
 
 def refuse_existing_run(output_dir: Path) -> None:
-    """A new run never writes into a folder that holds another run's results or checkpoints
-    (they would mix); ``check_before_hydra`` refuses earlier, before Hydra writes ``.hydra/``."""
+    """A new run never writes into a folder that holds another run's results, checkpoints or
+    config (they would mix). Checked under the run lock, before ``accept_run_folder`` writes
+    anything: two runs started into one folder at once find the first one's lock or config
+    here (``check_before_hydra`` refuses earlier only what it can see before Hydra starts)."""
     checkpoints = output_dir / "checkpoints"
-    if (output_dir / "results.json").is_file() or any(checkpoints.glob("*.ckpt")):
+    config = output_dir / ".hydra" / "config.yaml"
+    if (
+        (output_dir / "results.json").is_file()
+        or config.is_file()
+        or any(checkpoints.glob("*.ckpt"))
+    ):
         raise RunFolderError(
-            f"{output_dir} already holds a run (results.json or checkpoints); omit hydra.run.dir "
-            f"to start a new run folder, or continue that run with `train resume={output_dir}`"
+            f"{output_dir} already holds a run (results.json, checkpoints or "
+            f".hydra/config.yaml); omit hydra.run.dir to start a new run folder, or continue "
+            f"that run with `train resume={output_dir}`"
         )
 
 

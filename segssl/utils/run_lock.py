@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: takeovers fall back to _take_over_by_rename
+    fcntl = None  # type: ignore[assignment]
+
 LOCK_NAME = ".segssl_lock"
 
 # lock paths this process holds, with how many times (the CLI and the task both take it)
@@ -133,6 +138,95 @@ def _create(path: Path, content: str) -> bool:
         tmp.unlink(missing_ok=True)
 
 
+def _guard(run_dir: Path) -> int | None:
+    """An open descriptor of ``run_dir`` holding an exclusive ``flock``: the critical section of
+    a stale-lock takeover (no file is added to the folder; closing the descriptor ends it).
+    None where the file system or platform has no ``flock``."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(run_dir, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _take_over(run_dir: Path, path: Path, content: str) -> bool:
+    """Replace a stale lock by ours; True if ours is now the lock.
+
+    Unlinking a stale lock and then creating one is racy: a contender that judged the lock
+    stale a moment ago can unlink the lock a faster one has just created, and both own the
+    folder. So a takeover happens inside a critical section (``_guard``), where the lock is
+    judged again: nobody else removes a lock while it is held (a live owner removes only its
+    own lock, which is never stale), so the stale lock unlinked is the one just judged. The
+    create stays exclusive, so a contender creating after the unlink wins instead of us."""
+    fd = _guard(run_dir)
+    if fd is None:
+        return _take_over_by_rename(run_dir, path, content)
+    try:
+        holder = live_holder(run_dir)
+        if holder is not None:
+            raise RunFolderBusy(busy_message(run_dir, holder))
+        path.unlink(missing_ok=True)  # stale, judged inside the critical section
+        return _create(path, content)
+    finally:
+        os.close(fd)
+
+
+def _take_over_by_rename(run_dir: Path, path: Path, content: str) -> bool:
+    """The takeover where ``flock`` is missing: judge the lock's text stale, move the lock
+    aside under a name of our own (atomic: of several contenders one gets it), and remove it
+    only if what we moved is the text judged stale; a lock created in between and moved by
+    mistake is put back at once (``os.link`` fails rather than replace a lock created
+    meanwhile). Narrower than ``_guard`` but not airtight: a contender creating a lock in the
+    instant between a mistaken move and its return can meet a second owner."""
+    try:
+        stale_text = path.read_text()
+    except FileNotFoundError:
+        return _create(path, content)
+    if not _stale_text(stale_text):
+        holder = live_holder(run_dir)
+        if holder is not None:
+            raise RunFolderBusy(busy_message(run_dir, holder))
+        return False
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False  # another contender moved it first
+    try:
+        if aside.read_text() == stale_text:
+            return _create(path, content)
+        try:
+            os.link(aside, path)  # a lock created after the judgement: put it back
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links either
+            if not path.exists():
+                os.replace(aside, path)
+        return False
+    finally:
+        aside.unlink(missing_ok=True)
+
+
+def _stale_text(text: str) -> bool:
+    """Whether a lock file's text names a process of this host that is gone (an unreadable
+    text, perhaps a lock being written, is not stale)."""
+    try:
+        data = json.loads(text)
+        holder = Holder(
+            int(data["pid"]), str(data["host"]), str(data["started"]), data.get("proc_start")
+        )
+    except (ValueError, KeyError, TypeError):
+        return False
+    return holder.host == socket.gethostname() and holder.pid != os.getpid() and not _alive(holder)
+
+
 class RunLock:
     """``with RunLock(run_dir):`` owns ``run_dir`` for the block; re-entrant in one process."""
 
@@ -141,19 +235,23 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
 
     def acquire(self) -> RunLock:
+        """Take the lock; a stale one (its process is gone) is taken over by exactly one of any
+        number of contenders, the others are refused naming the winner."""
         if self.path in _HELD:
             _HELD[self.path] += 1
             return self
         self.run_dir.mkdir(parents=True, exist_ok=True)
         content = json.dumps(_this_process(), indent=2)
-        for _ in range(3):
+        for _ in range(5):
             if _create(self.path, content):
                 _HELD[self.path] = 1
                 return self
             holder = live_holder(self.run_dir)
             if holder is not None:
                 raise RunFolderBusy(busy_message(self.run_dir, holder))
-            self.path.unlink(missing_ok=True)  # stale: its process is gone
+            if _take_over(self.run_dir, self.path, content):
+                _HELD[self.path] = 1
+                return self
         raise RunFolderBusy(f"{self.run_dir}: could not take the lock {self.path}")
 
     def release(self) -> None:
@@ -173,25 +271,52 @@ class RunLock:
         self.release()
 
 
-def refuse_reuse(run_dir: str | os.PathLike) -> None:
-    """Refuse to start a new run in ``run_dir`` when it is in use or already holds a run."""
+def refuse_reuse(run_dir: str | os.PathLike, command: str = "train") -> None:
+    """Refuse to start ``command`` (a new ``train``, a ``test`` or ``predict``) in ``run_dir``
+    when it is in use or already holds a run or a command's output (results, ``.hydra/`` or
+    checkpoints): what it would write there would overwrite or mix with them."""
     run_dir = Path(run_dir).resolve()
     holder = live_holder(run_dir)
     if holder is not None:
         raise RunFolderBusy(busy_message(run_dir, holder))
-    if (run_dir / "results.json").is_file():
+    finished = (run_dir / "results.json").is_file()
+    used = (run_dir / ".hydra" / "config.yaml").is_file()
+    checkpoints = any((run_dir / "checkpoints").glob("*.ckpt"))
+    if command != "train" and (finished or used or checkpoints):
+        held = "results.json" if finished else ".hydra/config.yaml" if used else "checkpoints"
+        raise RunFolderError(
+            f"{run_dir} holds a run or a command's output ({held}); `segssl {command}` writes "
+            f"its own .hydra/ and results into its run folder and would overwrite them. Omit "
+            f"hydra.run.dir (a new folder under outputs/{command}/runs/) or give a new folder."
+        )
+    if finished:
         raise RunFolderError(
             f"{run_dir} holds a finished run (results.json); a new run would mix with it. Omit "
             f"hydra.run.dir to start a new run folder, or extend this run with "
             f"`train resume={run_dir} trainer.max_steps=N` (N larger than its own)."
         )
-    if (run_dir / ".hydra" / "config.yaml").is_file() or any(
-        (run_dir / "checkpoints").glob("*.ckpt")
-    ):
+    if used or checkpoints:
         raise RunFolderError(
             f"{run_dir} holds an unfinished run; continue it with `train resume={run_dir}`, or "
             f"omit hydra.run.dir to start a new run folder."
         )
+
+
+def refuse_sweep_reuse(sweep_dir: str | os.PathLike, command: str = "train") -> None:
+    """Refuse a sweep into ``sweep_dir`` when one of its job folders (``0``, ``1``, ...) is in
+    use or holds a run: the sweep's jobs are numbered from 0 and would write into them."""
+    sweep_dir = Path(sweep_dir).resolve()
+    if not sweep_dir.is_dir():
+        return
+    for job in sorted(p for p in sweep_dir.iterdir() if p.name.isdigit() and p.is_dir()):
+        try:
+            refuse_reuse(job, command)
+        except RunFolderError as err:
+            raise type(err)(
+                f"hydra.sweep.dir={sweep_dir}: its job folder {job.name} is taken, and a sweep "
+                f"numbers its jobs 0, 1, ... in it: {err} For a sweep, omit hydra.sweep.dir to "
+                f"start a new sweep folder."
+            ) from None
 
 
 # arguments after which Hydra prints something and runs no task
