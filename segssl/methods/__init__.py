@@ -1,6 +1,8 @@
 """Training methods: one shared base, one small class per method."""
 
 from segssl.methods.abd import AdaptiveBidirectionalDisplacement
+from segssl.methods.abd_bcp import AdaptiveBidirectionalDisplacementBCP
+from segssl.methods.admt import AlternateDiverseTeaching
 from segssl.methods.base import SegmentationMethod
 from segssl.methods.bcp import BidirectionalCopyPaste
 from segssl.methods.cps import CrossPseudoSupervision
@@ -10,6 +12,8 @@ from segssl.methods.unimatch import UniMatch
 
 __all__ = [
     "AdaptiveBidirectionalDisplacement",
+    "AdaptiveBidirectionalDisplacementBCP",
+    "AlternateDiverseTeaching",
     "BidirectionalCopyPaste",
     "CrossPseudoSupervision",
     "MeanTeacher",

@@ -18,7 +18,7 @@ cut into a ``grid`` x ``grid`` (4 x 4) patch grid and patch confidence is the me
 
 Variant: the repository has two ACDC scripts. This is the cross-teaching one with its Swin-UNet
 (which needs downloaded ImageNet weights) replaced by a second UNet. The other,
-``train_ACDC_BCP.py`` (ABD on BCP: two UNets, ABD-R only, no ABD-I), is not implemented.
+``train_ACDC_BCP.py`` (ABD on BCP: two UNets, ABD-R only, no ABD-I), is ``abd_bcp``.
 
 Where segssl differs from the code:
 - Stage lengths are fractions of ``trainer.max_steps`` (the code: ABD-I until step 20000 of
@@ -39,12 +39,11 @@ from __future__ import annotations
 import torch
 
 from segssl.methods.base import SegmentationMethod
-from segssl.methods.batch_augment import brightness_contrast, cutout
+from segssl.methods.batch_augment import cutout_jitter
 from segssl.methods.losses import sigmoid_rampup
 from segssl.methods.mixing import (
     check_grid,
     inverse_displacement,
-    random_boxes,
     reliable_displacement,
 )
 from segssl.methods.region_losses import dice_ce_loss, soft_dice_loss
@@ -90,12 +89,7 @@ class AdaptiveBidirectionalDisplacement(SegmentationMethod):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """ABD's ``WeakStrongAugment`` strong branch: Cutout (label to background in the box)
         then brightness/contrast jitter. ``labels`` covers the first images of the batch."""
-        boxes = random_boxes(
-            images.shape[0], *images.shape[-2:], p=self.cutout_p, device=images.device
-        )
-        images = brightness_contrast(cutout(images, boxes), self.jitter, self.jitter)
-        labels = labels.masked_fill(boxes[: labels.shape[0]] > 0, 0)
-        return images, labels
+        return cutout_jitter(images, labels, self.cutout_p, self.jitter)
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         labeled, unlabeled = batch["labeled"], batch.get("unlabeled")

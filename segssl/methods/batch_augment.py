@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from segssl.methods.mixing import random_boxes
+
 
 def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.to(like).view(-1, *([1] * (like.ndim - 1)))
@@ -74,3 +76,15 @@ def cutout(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     ``boxes`` (B, H, W) from ``mixing.random_boxes``."""
     noise = torch.randint(0, 2, images.shape, device=images.device).to(images)
     return torch.where(boxes[:, None] > 0, noise, images)
+
+
+def cutout_jitter(
+    images: torch.Tensor, labels: torch.Tensor, cutout_p: float, jitter: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ABD's ``WeakStrongAugment`` strong branch (both its ACDC scripts): Cutout with 0/1 noise
+    (p ``cutout_p``), the label set to background in the box, then brightness and contrast
+    jitter ``jitter``. ``labels`` (B', H, W) covers the first B' images of the batch."""
+    boxes = random_boxes(images.shape[0], *images.shape[-2:], p=cutout_p, device=images.device)
+    images = brightness_contrast(cutout(images, boxes), jitter, jitter)
+    labels = labels.masked_fill(boxes[: labels.shape[0]] > 0, 0)
+    return images, labels

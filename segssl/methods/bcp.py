@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from segssl.methods.base import SegmentationMethod, softmax_of
+from segssl.methods.ema import ema_update
 from segssl.methods.mixing import copy_paste_mask, largest_component, paste
 from segssl.methods.region_losses import region_cross_entropy, soft_dice_loss
 from segssl.methods.steps import resolve_steps
@@ -57,6 +58,9 @@ class BidirectionalCopyPaste(SegmentationMethod):
     uses_unlabeled = True
     # the official code evaluates (and selects) the student only
     selection_model = "student"
+    # the network stage 1 trains and the EMA teacher follows (ABD on BCP names its network 1)
+    student_name = "student"
+    config_name = "bcp"  # conf/method/<name>.yaml, for error messages
 
     def __init__(
         self,
@@ -78,7 +82,12 @@ class BidirectionalCopyPaste(SegmentationMethod):
         # checkpointed: the resolved stage boundary (-1 until the first step) and the best
         # stage-1 validation Dice, whose weights the teacher holds during stage 1
         self.register_buffer("stage1_steps", torch.tensor(-1, dtype=torch.long))
-        self.register_buffer("stage1_best", torch.tensor(float("-inf")))
+        # (-1 until a stage-1 validation: Dice is >= 0, and a checkpoint may hold no Inf)
+        self.register_buffer("stage1_best", torch.tensor(-1.0))
+        # the boundary as a host int: reading the buffer (on the device) three times per step
+        # would wait for the device each time; forgotten whenever a state dict is loaded
+        self._boundary: int | None = None
+        self.register_load_state_dict_post_hook(BidirectionalCopyPaste._forget_boundary)
 
     def trainable(self) -> dict[str, nn.Module]:
         return {"student": self.networks["student"]}
@@ -90,19 +99,26 @@ class BidirectionalCopyPaste(SegmentationMethod):
     # -- stages --------------------------------------------------------------------------------
     def boundary(self) -> int:
         """Steps of stage 1, resolved once and kept in checkpoints (a resume that extends
-        ``trainer.max_steps`` does not move it)."""
-        if int(self.stage1_steps) < 0:
-            max_steps = int(self.trainer.max_steps)
-            self.stage1_steps.fill_(
-                resolve_steps(self.pretrain_steps, max_steps, "method.pretrain_steps")
-            )
-        return int(self.stage1_steps)
+        ``trainer.max_steps`` does not move it). Read from the buffer once, then kept."""
+        if self._boundary is None:
+            stored = int(self.stage1_steps)
+            if stored < 0:
+                max_steps = int(self.trainer.max_steps)
+                stored = resolve_steps(self.pretrain_steps, max_steps, "method.pretrain_steps")
+                self.stage1_steps.fill_(stored)
+            self._boundary = stored
+        return self._boundary
+
+    @staticmethod
+    def _forget_boundary(module: nn.Module, incompatible_keys: Any) -> None:
+        module._boundary = None
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
         if self.global_step != self.boundary():
             return
-        student, teacher = self.networks["student"], self.networks["teacher"]
-        if self.stage2_init == "best" and torch.isfinite(self.stage1_best):
+        student, teacher = self.networks[self.student_name], self.networks["teacher"]
+        if self.stage2_init == "best" and float(self.stage1_best) >= 0:
             student.load_state_dict(teacher.state_dict())
             log.info("BCP stage 2 from the best stage-1 weights (val Dice %.4f)", self.stage1_best)
         else:
@@ -113,24 +129,19 @@ class BidirectionalCopyPaste(SegmentationMethod):
         super().on_validation_epoch_end()
         if self.stage2_init != "best" or self.trainer.sanity_checking:
             return
-        if int(self.stage1_steps) < 0 or self.global_step > int(self.stage1_steps):
+        if int(self.stage1_steps) < 0 or self.global_step > self.boundary():
             return
-        dice = self.evaluation_results["val"]["models"]["student"]["mean"]["dice"]
+        dice = self.evaluation_results["val"]["models"][self.student_name]["mean"]["dice"]
         if dice > float(self.stage1_best):
             self.stage1_best.fill_(float(dice))
-            self.networks["teacher"].load_state_dict(self.networks["student"].state_dict())
+            student = self.networks[self.student_name]
+            self.networks["teacher"].load_state_dict(student.state_dict())
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """EMA of the whole state (BN statistics too), as the code's ``update_model_ema``."""
         if self.global_step - 1 < self.boundary():
             return
-        student = self.networks["student"].state_dict()
-        with torch.no_grad():
-            for name, t in self.networks["teacher"].state_dict().items():
-                if t.is_floating_point():
-                    t.mul_(self.ema_decay).add_(student[name], alpha=1.0 - self.ema_decay)
-                else:
-                    t.copy_(student[name])
+        ema_update(self.networks["teacher"], self.networks[self.student_name], self.ema_decay)
 
     # -- losses --------------------------------------------------------------------------------
     def mix_loss(
@@ -158,6 +169,23 @@ class BidirectionalCopyPaste(SegmentationMethod):
             labels = largest_component(labels, self.num_classes)
         return labels
 
+    def pretrain_losses(
+        self,
+        la: torch.Tensor,
+        lb: torch.Tensor,
+        ya: torch.Tensor,
+        yb: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Stage 1: the student learns ``la M + lb (1 - M)`` with each region's labels."""
+        if la.shape[0] == 0:
+            raise ValueError(f"method={self.config_name} needs at least 2 labeled images per step")
+        student = self.student_name
+        logits = self.run_network(student, paste(la, lb, mask))
+        dice, ce = self.mix_loss(logits, ya, yb, mask, 1.0, 1.0)
+        self.track_labeled(student, logits, paste(ya, yb, mask).long()[:, None])
+        return {"loss": (dice + ce) / 2, "mix_dice": dice, "mix_ce": ce}
+
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         labeled = batch["labeled"]
         images, labels = labeled["image_1"], labeled["label"][:, 0]
@@ -173,12 +201,7 @@ class BidirectionalCopyPaste(SegmentationMethod):
             labels[half : 2 * half],
         )
         if self.global_step < self.boundary():
-            if half == 0:
-                raise ValueError("method=bcp needs at least 2 labeled images per step")
-            logits = self.run_network("student", paste(la, lb, mask))
-            dice, ce = self.mix_loss(logits, ya, yb, mask, 1.0, 1.0)
-            self.track_labeled("student", logits, paste(ya, yb, mask).long()[:, None])
-            return {"loss": (dice + ce) / 2, "mix_dice": dice, "mix_ce": ce}
+            return self.pretrain_losses(la, lb, ya, yb, mask)
         unlabeled = batch.get("unlabeled")
         if unlabeled is None or unlabeled["image_1"].shape[0] != n or n % 2:
             got = 0 if unlabeled is None else unlabeled["image_1"].shape[0]

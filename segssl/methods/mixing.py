@@ -1,5 +1,6 @@
-"""Pieces that mix images of a batch: BCP's copy-paste box, the random boxes of CutMix/Cutout, ABD's
-patch grid and its two displacements, and the largest connected component of pseudo-labels.
+"""Pieces that mix images of a batch: BCP's copy-paste box, the random boxes of CutMix/Cutout
+(UniMatch's and AD-MT's), ABD's patch grid and its displacements, and the largest connected
+component of pseudo-labels.
 
 All work on batch tensors on the training device; random draws use torch's generator (seeded by
 ``seed_everything``)."""
@@ -106,10 +107,13 @@ def replace_patches(
     out = to_patches(images, grid).clone()
     source = to_patches(donors, grid)
     rows = torch.arange(images.shape[0], device=images.device)
+    patch = source[rows, donor_index]
     if apply is not None:
-        rows = rows[apply]
-        where, donor_index = where[apply], donor_index[apply]
-    out[rows, where] = source[rows, donor_index]
+        # keep the image's own patch where not applied: a boolean index (rows[apply]) would
+        # read the mask's count back from the device
+        keep = ~apply.to(device=images.device, dtype=torch.bool)
+        patch = torch.where(keep.view(-1, *[1] * (patch.ndim - 1)), out[rows, where], patch)
+    out[rows, where] = patch
     return from_patches(out, grid)
 
 
@@ -174,6 +178,63 @@ def inverse_displacement(
         new.append(replace_patches(first, best_1, second, worst_2, grid, apply))
         new.append(replace_patches(second, best_2, first, worst_1, grid, apply))
     return new[0], new[1], new[2], new[3]
+
+
+def mixed_reliable_displacement(
+    images_1: torch.Tensor,
+    images_2: torch.Tensor,
+    confidence_1: torch.Tensor,
+    confidence_2: torch.Tensor,
+    logits_1: torch.Tensor,
+    logits_2: torch.Tensor,
+    grid: int = 4,
+    top_k: int = 4,
+    p: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """ABD-R as ABD's BCP script does it (``ABD_R_BCP``): per image, with probability ``p`` the
+    KL-guided choice of ``reliable_displacement`` among the other view's ``top_k`` most
+    confident patches, otherwise simply the other view's most confident patch (``top_k`` = 1).
+    The least confident patch of each view is the one replaced either way. ``chosen`` adds
+    ``guided`` (B,), true where the KL-guided choice was used."""
+    guided_1, guided_2, guided = reliable_displacement(
+        images_1, images_2, confidence_1, confidence_2, logits_1, logits_2, grid, top_k
+    )
+    plain_1, plain_2, plain = reliable_displacement(
+        images_1, images_2, confidence_1, confidence_2, logits_1, logits_2, grid, 1
+    )
+    use = (torch.rand(images_1.shape[0]) < p).to(images_1.device)
+    per_image = use.view(-1, *[1] * (images_1.ndim - 1))
+    new_1 = torch.where(per_image, guided_1, plain_1)
+    new_2 = torch.where(per_image, guided_2, plain_2)
+    chosen = {k: torch.where(use, guided[k], plain[k]) for k in guided}
+    chosen["guided"] = use
+    return new_1, new_2, chosen
+
+
+# -- AD-MT's CutMix --------------------------------------------------------------------------------
+def beta_cutmix_boxes(
+    count: int,
+    height: int,
+    width: int,
+    alpha: float = 4.0,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """(count, H, W) masks, 1 inside a box: AD-MT's ``rand_bbox``. One ``lam ~ Beta(alpha,
+    alpha)`` per batch sets the box sides ``int(side * sqrt(1 - lam))``; each image draws its
+    own centre, uniform in ``[side // 8, side)`` on each axis, and the box is clipped to the
+    image (so boxes near the border are smaller)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    cut = (1.0 - lam) ** 0.5
+    cut_h, cut_w = int(height * cut), int(width * cut)
+    rows = torch.randint(int(height / 8), height, (count,))
+    cols = torch.randint(int(width / 8), width, (count,))
+    top, bottom = (rows - cut_h // 2).clamp(0, height), (rows + cut_h // 2).clamp(0, height)
+    left, right = (cols - cut_w // 2).clamp(0, width), (cols + cut_w // 2).clamp(0, width)
+    r = torch.arange(height).view(1, -1, 1)
+    c = torch.arange(width).view(1, 1, -1)
+    inside = (r >= top.view(-1, 1, 1)) & (r < bottom.view(-1, 1, 1))
+    inside = inside & (c >= left.view(-1, 1, 1)) & (c < right.view(-1, 1, 1))
+    return inside.float().to(device)
 
 
 # -- pseudo-labels -------------------------------------------------------------------------------

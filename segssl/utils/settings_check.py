@@ -211,6 +211,9 @@ def _trained_networks(cfg: DictConfig) -> int:
         cls = get_class(str(_get(cfg, "method._target_")))
     except Exception:  # noqa: BLE001 - an unknown method is reported when it is built
         return 1
+    declared = getattr(cls, "trained_networks", None)  # a method whose trainable() is partial
+    if isinstance(declared, int) and declared > 0:
+        return declared
     names = getattr(cls, "network_names", ("net",))
     overridden = getattr(cls, "trainable", None) is not SegmentationMethod.trainable
     return 1 if overridden else len(names)
