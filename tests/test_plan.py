@@ -262,3 +262,26 @@ def test_the_method_class_comes_from_its_config_file(tmp_path):
     assert one["data.batch_size"] > two["data.batch_size"]  # one network fits twice the batch
     with pytest.raises(PlanError, match="plan.method='nope': no method config"):
         make_plan(facts, name="x", method="nope")
+
+
+def test_without_val_list_the_plan_uses_the_folds_and_saves_them(tmp_path, monkeypatch, capsys):
+    """No val.list: the folds of the 7 labeled cases of train.list (5-fold: 5 or 6 train on
+    each) decide data.labeled (the smallest fold's, so any data.fold fits); --print writes no
+    split, a plan saves nnU-Net's splits_final.json beside the data, and the same folds when
+    read back."""
+    root = make_dataset(tmp_path / "data", cases=8, unlabeled=1)
+    (root / "val.list").unlink()
+    (root / "train.list").write_text("\n".join(f"case{i:02d}" for i in range(8)) + "\n")
+    monkeypatch.chdir(tmp_path)
+    run(settings([f"data.root={root}", "--print"]))
+    assert "data.layout_options.num_folds=5" in capsys.readouterr().out
+    assert not (root / "splits_final.json").exists()
+    record = run(settings([f"data.root={root}", "name=folds"]))
+    choices = {k: v["value"] for k, v in record["plan"].items()}
+    assert choices["data.labeled"] == 5 and choices["data.layout_options.num_folds"] == 5
+    assert record["fingerprint"]["split"]["labeled_per_fold"] == [5, 5, 6, 6, 6]
+    folds = json.loads((root / "splits_final.json").read_text())
+    assert [len(f["val"]) for f in folds] == [2, 2, 1, 1, 1]
+    assert "fold 0 of 5" in capsys.readouterr().out
+    again = fingerprint(root)["split"]
+    assert again["source"] == "splits_final.json" and again["labeled_per_fold"] == [5, 5, 6, 6, 6]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from segssl.commands.report.curves import (
     METRICS_CSV,
@@ -27,6 +29,8 @@ def write_log(run: Path, rows: list[dict]) -> Path:
 
 
 def test_series_keep_the_later_value_of_a_resumed_step(tmp_path):
+    """Lightning logs validation after step 10 at step 9: read back as 10, the step of the
+    checkpoint it saved (``best_step10``)."""
     run = write_log(
         tmp_path / "run",
         [
@@ -37,8 +41,8 @@ def test_series_keep_the_later_value_of_a_resumed_step(tmp_path):
         ],
     )
     series = read_series(run)
-    assert series["val/dice"] == {9: 0.2, 19: 0.5}
-    assert series["train/loss"] == {9: 1.0}
+    assert series["val/dice"] == {10: 0.2, 20: 0.5}
+    assert series["train/loss"] == {10: 1.0}
 
 
 def test_mean_curve_over_seeds_uses_common_steps():
@@ -77,3 +81,20 @@ def test_plot_has_a_consensus_panel_only_when_logged(tmp_path):
 def test_no_logs_no_figure(tmp_path):
     assert plot_learning_curves({"a": [tmp_path]}, tmp_path / "x.png", "t") is None
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.slow
+def test_curve_steps_are_the_checkpoint_steps_of_a_real_run(run_task):
+    """A TINY run validating every 2 of 4 steps: the curve's steps are 2 and 4, the steps its
+    checkpoints and validation overlays are named after (Lightning logged them at 1 and 3)."""
+    from tests.conftest import TINY
+
+    overrides = [o for o in TINY if not o.startswith("trainer.max_steps")]
+    out, _, _ = run_task([*overrides, "trainer.max_steps=4", "method=supervised"])
+    with open(out / METRICS_CSV, newline="") as handle:
+        logged = {int(r["step"]) for r in csv.DictReader(handle) if r.get("val/dice")}
+    assert logged == {1, 3}  # Lightning's own count
+    steps = set(read_series(out)["val/dice"])
+    assert steps == {2, 4}
+    saved = {int(re.match(r"best_step(\d+)_", p.name)[1]) for p in out.glob("checkpoints/best_*")}
+    assert saved and saved <= steps

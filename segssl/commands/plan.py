@@ -25,6 +25,7 @@ from segssl.commands.hydra_app import (
     config_dir,
     user_config_dirs,
 )
+from segssl.data.layouts.folder import FolderLayout
 from segssl.data.readers import DataError
 from segssl.planning.experiment import NAME_PATTERN, experiment_yaml, override_line
 from segssl.planning.fingerprint import fingerprint
@@ -56,6 +57,9 @@ def settings(argv: list[str]) -> DictConfig:
         cfg.print = True
     if OmegaConf.is_missing(cfg.data, "root"):
         raise PlanError("data.root is required: the dataset folder (imagesTr/, labelsTr/, lists)")
+    folds = cfg.plan.num_folds
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise PlanError(f"plan.num_folds={folds!r}: expected an int >= 2")
     memory = cfg.plan.gpu_memory_gb
     if isinstance(memory, bool) or not isinstance(memory, int | float) or memory <= 0:
         raise PlanError(f"plan.gpu_memory_gb={memory!r}: expected a positive number of GB")
@@ -98,7 +102,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise PlanError(
                 f"{existing[0]} exists: pass overwrite=true to replace it, or name=OTHER"
             )
-    facts = fingerprint(root, seed=int(cfg.plan.seed))
+    facts = fingerprint(root, seed=int(cfg.plan.seed), num_folds=int(cfg.plan.num_folds))
     plan = make_plan(
         facts, name=name, gpu_memory_gb=float(cfg.plan.gpu_memory_gb), method=str(cfg.plan.method)
     )
@@ -121,6 +125,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_text(json_path, json.dumps(record, indent=1) + "\n")
     write_text(yaml_path, experiment_yaml(plan, root_text, json_path))
     print(f"Wrote {yaml_path}\n  and {json_path}")
+    if facts["split"]["source"] == "made":  # the folds every data.fold of this plan trains
+        layout = FolderLayout(root, dims=3, cache=False, num_folds=int(cfg.plan.num_folds))
+        print(f"  and the cross-validation folds: {layout.split().description}")
     print(f"Train with: python -m segssl train +experiment={name}")
     if folder.parent not in user_config_dirs():
         print(f"  after: export {CONFIG_PATH_ENV}={folder.parent}  (not searched from here)")

@@ -59,13 +59,13 @@ def read_headers(layout: FolderLayout) -> dict[str, CaseHeader]:
     """Every case the split lists name, from its header: refuses a case listed twice or in two
     lists (it would be counted twice in ``data.labeled``), missing files, mixed dimensionality
     and channel counts before any voxel is read."""
-    layout.check_splits()
     labels_dir = layout.root / "labelsTr"
     if not labels_dir.is_dir() or not any(labels_dir.glob("*.nii*")):
         raise DataError(
             f"{labels_dir}: no label files (expected <case>.nii.gz label maps); semi-supervised "
             "training needs at least one labeled case"
         )
+    layout.check_splits()
     cases: dict[str, str] = {}
     for split in ("train", "val", "test"):
         if split == "test" and not layout.has_split(split):
@@ -73,7 +73,8 @@ def read_headers(layout: FolderLayout) -> dict[str, CaseHeader]:
         if not layout.has_split(split):
             raise DataError(
                 f"split list not found: {layout.list_path(split)} (one case id per line; "
-                f"data=folder trains on train.list and selects checkpoints on val.list)"
+                "data=folder trains on train.list and selects checkpoints on val.list, or "
+                "without val.list on the folds of splits_final.json)"
             )
         layout.check_files(split)
         for case in layout.cases(split):
@@ -96,7 +97,7 @@ def read_headers(layout: FolderLayout) -> dict[str, CaseHeader]:
             )
     if not any(h.label is not None for c, h in headers.items() if cases[c] == "train"):
         raise DataError(
-            f"{layout.list_path('train')}: none of its cases has a label in {labels_dir}; "
+            f"{layout.source('train')}: none of its cases has a label in {labels_dir}; "
             "semi-supervised training needs at least one labeled case"
         )
     return headers
@@ -180,10 +181,13 @@ def summarise_case(header: CaseHeader, rng: np.random.Generator) -> CaseSummary:
     return summary
 
 
-def fingerprint(root: str | Path, *, slice_axis: int = 2, seed: int = 0) -> dict[str, Any]:
+def fingerprint(
+    root: str | Path, *, slice_axis: int = 2, seed: int = 0, num_folds: int = 5
+) -> dict[str, Any]:
     """The dataset's fingerprint (JSON-able); raises ``DataError`` for a dataset data=folder
     could not train on."""
-    layout = FolderLayout(root, dims=3, slice_axis=slice_axis, cache=False)
+    layout = FolderLayout(root, dims=3, slice_axis=slice_axis, cache=False, num_folds=num_folds)
+    layout.save_split = False  # plan writes nothing before the whole dataset is planned
     headers = read_headers(layout)
     rng = np.random.default_rng(seed)
     summaries: dict[str, CaseSummary] = {}
@@ -203,6 +207,7 @@ def fingerprint(root: str | Path, *, slice_axis: int = 2, seed: int = 0) -> dict
             "val": len(layout.cases("val")),
             "test": len(layout.cases("test")) if layout.has_split("test") else 0,
         },
+        "split": split_facts(layout, headers),
         "per_case": [
             {
                 "case": c,
@@ -219,6 +224,26 @@ def fingerprint(root: str | Path, *, slice_axis: int = 2, seed: int = 0) -> dict
         "intensity": _intensity(summaries),
         "modality": _modality(summaries),
         "labels": _labels(headers, summaries, layout.root),
+    }
+
+
+def split_facts(layout: FolderLayout, headers: dict[str, CaseHeader]) -> dict[str, Any]:
+    """Where train and val come from: the lists, or the cross-validation folds (read from
+    splits_final.json, or to be made and saved by ``plan``), with each fold's labeled
+    training cases (``data.labeled`` must fit the smallest)."""
+    if layout.uses_lists():
+        return {"source": "lists"}
+    counts = []
+    for k in range(layout.split().folds):
+        fold = FolderLayout(layout.root, dims=3, cache=False, fold=k, num_folds=layout.num_folds)
+        fold.save_split = False
+        train = fold.cases("train")
+        counts.append(sum(1 for c in train if c in headers and headers[c].label is not None))
+    return {
+        "source": layout.splits_path.name if layout.splits_path.is_file() else "made",
+        "file": str(layout.splits_path),
+        "folds": len(counts),
+        "labeled_per_fold": counts,
     }
 
 

@@ -406,9 +406,31 @@ def _schedule(plan: Plan, fingerprint: dict[str, Any], dims: int) -> None:
         interval,
         "about 40 validations over the run, every 50 to 500 steps",
     )
+    split = fingerprint.get("split") or {"source": "lists"}
+    if split["source"] == "lists":
+        plan.choose(
+            "data.labeled",
+            fingerprint["cases"]["labeled"],
+            f"every labeled case of train.list ({fingerprint['cases']['labeled']} labeled, "
+            f"{fingerprint['cases']['unlabeled']} unlabeled)",
+        )
+        return
+    counts = split["labeled_per_fold"]
+    plan.choose(
+        "data.layout_options.num_folds",
+        split["folds"],
+        f"no val.list: nnU-Net's cross-validation, {split['folds']} folds "
+        + (
+            f"read from {split['file']}"
+            if split["source"] != "made"
+            else f"made with seed 12345, saved to {split['file']} (by plan, or the first run)"
+        )
+        + f"; train one with data.fold=0..{split['folds'] - 1}, or all",
+    )
     plan.choose(
         "data.labeled",
-        fingerprint["cases"]["labeled"],
-        f"every labeled case of train.list ({fingerprint['cases']['labeled']} labeled, "
-        f"{fingerprint['cases']['unlabeled']} unlabeled)",
+        min(counts),
+        f"every labeled training case of the smallest fold (folds train on {counts} labeled "
+        f"cases; {fingerprint['cases']['unlabeled']} unlabeled in every fold), so any "
+        "data.fold fits",
     )

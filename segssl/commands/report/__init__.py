@@ -18,7 +18,7 @@ from segssl.commands.report.runs import (
     baseline_pairs,
     check_comparable,
     collect_runs,
-    group_runs,
+    group_and_label,
 )
 from segssl.commands.report.statistics import compare_pairs
 from segssl.utils.atomic import write_text
@@ -50,7 +50,7 @@ def write_report(
     found = collect_runs(paths)
     runs = found.runs
     split, protocol = check_comparable(runs)
-    groups = group_runs(runs)
+    groups, label_notes = group_and_label(runs)
     rows = summary_rows(groups, models, split)
     paired: list[dict] = []
     notes: list[str] = []
@@ -63,7 +63,7 @@ def write_report(
     text = markdown_text(
         rows, groups, split, protocol, sources, out, models, found.skipped, found.missing,
         paired=paired, paired_notes=notes, baseline=baseline,
-        reevaluations=found.reevaluations, invalid=found.invalid,
+        reevaluations=found.reevaluations, invalid=found.invalid, label_notes=label_notes,
     )  # fmt: skip
     write_text(targets["report.md"], text)
     from segssl.commands.report.curves import plot_learning_curves

@@ -16,11 +16,17 @@ log = logging.getLogger(__name__)
 METRICS_CSV = Path("csv") / "version_0" / "metrics.csv"
 DICE = "val/dice"
 CONSENSUS_PREFIX = "val/error_consensus"
+# Lightning logs a metric at the number of optimizer steps done *before* the batch that logged
+# it (validation included: it runs before that count moves on), while checkpoints and
+# ``trainer.global_step`` count that batch's step too: validation after step 10 is logged at 9
+# and saved as ``best_step10``. Steps are shifted by this, so curves and checkpoint names agree.
+LOGGED_STEP_OFFSET = 1
 
 
 def read_series(run_dir: Path) -> dict[str, dict[int, float]]:
-    """Every logged column of a run as ``{column: {step: value}}`` (a resumed run that logged
-    a step twice keeps the later value)."""
+    """Every logged column of a run as ``{column: {step: value}}``, steps counted as the
+    checkpoints count them (``LOGGED_STEP_OFFSET``); a resumed run that logged a step twice
+    keeps the later value."""
     path = Path(run_dir) / METRICS_CSV
     if not path.is_file():
         return {}
@@ -28,7 +34,7 @@ def read_series(run_dir: Path) -> dict[str, dict[int, float]]:
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):
             try:
-                step = int(float(row.get("step") or ""))
+                step = int(float(row.get("step") or "")) + LOGGED_STEP_OFFSET
             except ValueError:
                 continue
             for column, text in row.items():
@@ -88,10 +94,18 @@ def plot_learning_curves(
         if has_consensus:
             consensus = [s.get(consensus_column(s) or "", {}) for s in series]
             _draw(axes[0][1], consensus, label, colour)
-    axes[0][0].set(xlabel="step", ylabel="validation Dice (selection model)")
+    axes[0][0].set(
+        xlabel="training step (as in checkpoint names)", ylabel="validation Dice (selection model)"
+    )
     if has_consensus:
-        axes[0][1].set(xlabel="step", ylabel="error consensus (Dice of the error masks)")
+        axes[0][1].set(
+            xlabel="training step (as in checkpoint names)",
+            ylabel="error consensus (Dice of the error masks)",
+        )
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)

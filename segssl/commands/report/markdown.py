@@ -165,6 +165,7 @@ def markdown_text(
     baseline: str | None = None,
     reevaluations: Sequence[tuple[Run, Run | None]] = (),
     invalid: Sequence[tuple[Path, str]] = (),
+    label_notes: Sequence[str] = (),
 ) -> str:
     units = protocol.get("distance_units", "unknown units")
     heads = ["Dice", "Jaccard", f"HD95 ({units})", f"ASD ({units})"]
@@ -191,7 +192,8 @@ def markdown_text(
         "group, n = number of seeds (no std when n = 1); Dice, Jaccard, HD95, ASD per volume, "
         "averaged over the volumes of the split in each run (overall = mean over classes).",
         "- **Groups:** runs whose resolved configs differ only in the seed (and in locations "
-        "such as data.root).",
+        "such as data.root, and the logger); labelled by method, labeled count and the "
+        "settings varied on the runs' command lines (`.hydra/overrides.yaml`).",
         f"- **Models:** {MODELS_TEXT.get(models, models)}",
         "- **Cost:** s/step = seconds per training step (data loading included, validation "
         "excluded), the mean over the group's runs, on the machine and load each ran under.",
@@ -202,7 +204,8 @@ def markdown_text(
         f"- **Created:** {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
         "",
     ]
-    notes = [
+    notes = list(label_notes)
+    notes += [
         f"group `{g.label}` repeats a seed ({' '.join(str(r.seed) for r in g.runs)}): "
         "its runs are counted separately"
         for g in groups

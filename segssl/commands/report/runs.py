@@ -10,9 +10,10 @@ a re-evaluation of the run whose checkpoint it tested, listed apart, never a see
 of the wrong type or NaN leave that checkpoint and model of that run out, named, never averaged.
 
 Runs whose resolved configs differ only in the seed (and in locations: data roots, output
-folders) form a group; each group is labelled by its method, its labeled count and whatever
-else tells the groups apart. Reports only compare like with like: runs of different splits or
-evaluation protocols are an error.
+folders; and in how they were watched: logger, progress bar) form a group; each group is
+labelled by its method, its labeled count and the settings the user varied
+(``segssl.commands.report.labels``). Reports only compare like with like: runs of different
+splits or evaluation protocols are an error.
 """
 
 from __future__ import annotations
@@ -37,16 +38,10 @@ FALLBACK_SELECTION_MODELS = ("ensemble", "net", "student")
 CHECKPOINTS = {"best": "best on validation", "last": "last"}
 # keys that say where things are, not what was run: never split groups
 LOCATION_KEYS = {"root", "save_dir", "dirpath", "cache_dir", "output_dir", "default_root_dir"}
-IGNORED_TOP = {"seed", "tags", "paths", "hydra", "resume"}
-LABEL_FIRST = ("method_name", "data.labeled")
-LABEL_NEXT = ("filter_name", "filter._target_", "experiment_name", "data.name")
-LABEL_NAMES = {
-    "method_name": "method",
-    "filter_name": "filter",
-    "filter._target_": "filter",  # runs from before filter_name was stored
-    "experiment_name": "experiment",
-    "data.name": "data",
-}
+IGNORED_TOP = {"seed", "tags", "paths", "hydra", "resume", "logger"}
+# how a run is watched, not what it is: never split groups
+DISPLAY_KEYS = {"trainer.enable_progress_bar", "trainer.enable_model_summary",
+                "trainer.log_every_n_steps"}  # fmt: skip
 
 
 class ReportError(ValueError):
@@ -488,11 +483,24 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def is_ignored(key: str) -> bool:
     parts = key.split(".")
-    return parts[0] in IGNORED_TOP or parts[-1] in LOCATION_KEYS or parts[-1] == "tags"
+    return (
+        parts[0] in IGNORED_TOP
+        or parts[-1] in LOCATION_KEYS
+        or parts[-1] == "tags"
+        or key in DISPLAY_KEYS
+    )
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
     """Groups of runs with the same config but the seed, in first-seen order, labelled."""
+    return group_and_label(runs)[0]
+
+
+def group_and_label(runs: Sequence[Run]) -> tuple[list[Group], list[str]]:
+    """``group_runs`` and the notes on settings the groups differ in that their labels do not
+    name (``segssl.commands.report.labels``)."""
+    from segssl.commands.report.labels import label_groups
+
     flats = [{k: v for k, v in flatten(r.config).items() if not is_ignored(k)} for r in runs]
     own = run_folder_keys(runs, flats)
     flats = [{k: v for k, v in flat.items() if k not in own} for flat in flats]
@@ -501,11 +509,8 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
         key = json.dumps(flat, sort_keys=True)
         groups.setdefault(key, Group({k: json.loads(v) for k, v in flat.items()})).runs.append(run)
     found = sorted(groups.values(), key=_order)
-    keys = label_keys(found)
-    for group in found:
-        group.label_parts = {LABEL_NAMES.get(k, k): _label_value(k, group.setting(k)) for k in keys}
-        group.label = " ".join(f"{k}={v}" for k, v in group.label_parts.items())
-    return found
+    notes = label_groups(found)
+    return found, notes
 
 
 def run_folder_keys(runs: Sequence[Run], flats: Sequence[dict[str, str]]) -> set[str]:
@@ -514,23 +519,6 @@ def run_folder_keys(runs: Sequence[Run], flats: Sequence[dict[str, str]]) -> set
     for run, flat in zip(runs, flats, strict=True):
         folders = {str(run.path.parent), str((run.config.get("paths") or {}).get("output_dir"))}
         keys |= {k for k, v in flat.items() if any(f in v for f in folders if f != "None")}
-    return keys
-
-
-def label_keys(groups: Sequence[Group]) -> list[str]:
-    """Method and labeled count, then as few other differing keys as tell the groups apart."""
-    keys = list(LABEL_FIRST)
-    others = {k for g in groups for k in g.settings} - set(keys)
-    candidates = [k for k in LABEL_NEXT if k in others] + sorted(others - set(LABEL_NEXT))
-    for key in candidates:
-        labels = [tuple(_text(g.setting(k)) for k in keys) for g in groups]
-        if len(set(labels)) == len(labels):
-            break
-        extended = [
-            (*label, _text(g.setting(key))) for label, g in zip(labels, groups, strict=True)
-        ]
-        if len(set(extended)) > len(set(labels)):
-            keys.append(key)
     return keys
 
 
@@ -595,13 +583,3 @@ def _order(group: Group) -> tuple:
     labeled = group.setting("data.labeled")
     number = labeled if isinstance(labeled, int | float) else math.inf
     return str(group.setting("method_name")), number, str(labeled), json.dumps(group.settings)
-
-
-def _label_value(key: str, value: Any) -> str:
-    """A setting as a label shows it: a class path by its last name."""
-    text = str(value)
-    return text.rsplit(".", 1)[-1] if key.endswith("._target_") else text
-
-
-def _text(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)

@@ -9,12 +9,25 @@ Layout under ``root``::
     train.list, val.list, test.list   case ids, one a line (test.list optional: val is then
                                evaluated); val and test cases must have labels; a case may
                                appear once, in one list
+    splits_final.json          nnU-Net's cross-validation folds, used when there is no val.list:
+                               ``[{"train": [...], "val": [...]}, ...]`` (labeled cases)
+
+Without ``val.list`` the split is nnU-Net's: ``fold`` K (``data.fold``; null = 0) of a
+``num_folds``-fold cross-validation over the labeled training cases (those of ``train.list``, or
+every case of imagesTr not in ``test.list``), the fold's held-out cases validating. The folds are
+read from ``splits_final.json`` when the data folder has one (yours, or nnU-Net's: the same
+format), else made as nnU-Net makes them (the sorted case ids shuffled with seed 12345 and cut
+into ``num_folds`` parts: the same folds as nnU-Net's for the same cases) and written there,
+never over an existing file, so every fold and later run uses one split. Images without a label
+train as unlabeled data in every fold. ``fold=all`` trains on every labeled case and, as in
+nnU-Net, validates on them too (no held-out case: the best checkpoint is chosen on training data).
 
 ``dims=3`` trains on random 3-D patches of the volumes; ``dims=2`` on their slices along
 ``slice_axis`` (a 2-D image is a volume of one slice), evaluating whole volumes slice by slice
-along that axis. The labeled subset is the first ``data.labeled`` cases of ``train.list`` that
-have a label file. Each volume's intensities are normalised on read (``normalize``; ``ct``
-with the dataset's numbers ``intensity``); the voxel spacing (mm) comes from the NIfTI header.
+along that axis. The labeled subset is the first ``data.labeled`` cases of ``train.list`` (or
+of the fold's ``train`` list) that have a label file. Each volume's intensities are normalised
+on read (``normalize``; ``ct`` with the dataset's numbers ``intensity``); the voxel spacing (mm)
+comes from the NIfTI header.
 With ``target_spacing`` every case is first resampled to that spacing (``segssl.data.resample``:
 image linear, label nearest), and the resampled volume's spacing is the target.
 
@@ -27,8 +40,11 @@ decompressing a whole ``.nii.gz`` per sample, and memory stays bounded by the OS
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -44,7 +60,9 @@ from segssl.data.preprocessed import (
     ensure_open_files,
 )
 from segssl.data.readers import DataError, Sample, check_sample, check_split_lists, read_list
-from segssl.utils.atomic import WriteError
+from segssl.utils.atomic import WriteError, temporary_sibling
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 # per-volume intensity normalisation (segssl.data.image_io.normalise, as predict uses): zscore as
@@ -55,6 +73,20 @@ _SLICE_ID = re.compile(r"^(?P<case>.+)_slice_(?P<index>\d+)$")
 # Bump when what the cache stores for a case changes (reading, checks, normalisation, axes), so
 # that entries of the older code are rebuilt rather than trusted.
 PREPROCESS_VERSION = "folder-2"  # 2: normalised in float64 by image_io (was MONAI, float32)
+# nnU-Net's cross-validation: its file name and the seed its folds are shuffled with
+SPLITS_FILE = "splits_final.json"
+SPLIT_SEED = 12345
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass
+class Split:
+    """The cases of each split and where they came from (for messages and the log)."""
+
+    cases: dict[str, list[str]]
+    sources: dict[str, str]
+    description: str
+    folds: int = 0  # of the cross-validation split it is a fold of
 
 
 class FolderLayout:
@@ -71,6 +103,8 @@ class FolderLayout:
         workers: int | None = None,
         target_spacing: list[float] | None = None,
         intensity: dict[str, float] | None = None,
+        fold: int | str | None = None,
+        num_folds: int = 5,
     ) -> None:
         """Args:
         root: the folder holding imagesTr/, labelsTr/ and the split lists.
@@ -86,6 +120,9 @@ class FolderLayout:
             at ``slice_axis``, is never resampled); None: the cases' own grids.
         intensity: ``{low, high, mean, std}`` of ``normalize=ct``: the dataset's foreground
             intensity percentiles to clip to, then its foreground mean and std.
+        fold: without ``val.list``, the cross-validation fold validated on (0 ..
+            ``num_folds`` - 1; null: 0), or ``all`` (see the module text); with the lists: null.
+        num_folds: folds of the automatic split (nnU-Net's 5).
         """
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
@@ -105,6 +142,9 @@ class FolderLayout:
         ):
             raise DataError(f"data.layout_options.workers={workers!r}: expected an int >= 1")
         self.train_ndim, self.slice_axis, self.normalize = dims, slice_axis, normalize
+        self.fold, self.num_folds = check_fold(fold, num_folds)
+        self.save_split = True  # write a made split to splits_final.json (plan --print: no)
+        self._split: Split | None = None
         self.target_spacing = resample.check_target_spacing(target_spacing)
         self.intensity = image_io.check_intensity(intensity, normalize)
         # stored axis order: slice axis first for 2-D (a slice is contiguous), as read for 3-D
@@ -134,8 +174,24 @@ class FolderLayout:
             raise DataError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
         return self.root / f"{split}.list"
 
+    @property
+    def splits_path(self) -> Path:
+        return self.root / SPLITS_FILE
+
+    def uses_lists(self) -> bool:
+        """The split lists say train and val (else the cross-validation split does)."""
+        return self.list_path("val").is_file()
+
     def has_split(self, split: str) -> bool:
-        return self.list_path(split).is_file()
+        if split == "test" or self.uses_lists():
+            return self.list_path(split).is_file()
+        return split in SPLITS  # train and val come from the folds
+
+    def source(self, split: str) -> str:
+        """Where a split's cases come from, as messages name it."""
+        if split == "test" or self.uses_lists():
+            return str(self.list_path(split))
+        return self.split().sources[split]
 
     def image_path(self, case: str) -> Path:
         path = self.root / "imagesTr" / f"{case}.nii.gz"
@@ -149,15 +205,151 @@ class FolderLayout:
         return self.image_path(self._case_of(split, item_id)[0])
 
     def cases(self, split: str) -> list[str]:
-        """The split's case ids, once all the split lists are checked together."""
-        cases = read_list(self.list_path(split))
-        self.check_splits()
-        return cases
+        """The split's case ids, once all the splits are checked together."""
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+        if split == "test" or self.uses_lists():
+            cases = read_list(self.list_path(split))
+            self.check_splits()
+            return cases
+        return list(self.split().cases[split])
 
     def check_splits(self) -> None:
-        """No case twice in a list, none in two of train/val/test.list (``plan`` reads these
-        lists through this layout too)."""
-        check_split_lists({split: self.list_path(split) for split in SPLITS})
+        """No case twice in a list, none in two of train/val/test (``plan`` reads the splits
+        through this layout too); the cross-validation split is checked the same way."""
+        if self.uses_lists():
+            if self.fold is not None:
+                raise DataError(
+                    f"data.fold={self.fold}: {self.list_path('val')} already says which cases "
+                    "validate; remove data.fold, or remove val.list for the "
+                    f"{self.num_folds}-fold cross-validation split ({SPLITS_FILE})"
+                )
+            check_split_lists({split: self.list_path(split) for split in SPLITS})
+            return
+        self.split()
+
+    # -- the cross-validation split ------------------------------------------------------------
+    def image_cases(self) -> list[str]:
+        """Every case id of imagesTr (``<case>.nii.gz``, or nnU-Net's ``<case>_0000.nii.gz``
+        with the other channels' files not counted), sorted."""
+        folder = self.root / "imagesTr"
+        names = sorted(
+            p.name[: -len(".nii.gz")] for p in folder.glob("*.nii.gz") if not p.name[0] == "."
+        )  # fmt: skip
+        nnunet = any(n.endswith("_0000") for n in names)
+        cases = []
+        for name in names:
+            match = _CHANNEL.match(name)
+            if nnunet and match:
+                if match["channel"] == "0000":
+                    cases.append(match["case"])
+            else:
+                cases.append(name)
+        return sorted(dict.fromkeys(cases))
+
+    def split(self) -> Split:
+        """Train and val of ``fold`` (see the module text), made once and checked: no case
+        twice in a split, none in two (a fold's train and val, or test.list)."""
+        if self._split is None:
+            self._split = self._make_split()
+            log.info("%s", self._split.description)
+            if self.fold == "all":
+                log.warning(
+                    "data.fold=all validates on the training cases (nnU-Net's 'all'): the best "
+                    "checkpoint and the validation Dice are on training data; test on a "
+                    "test.list for held-out numbers"
+                )
+        return self._split
+
+    def _make_split(self) -> Split:
+        if self.list_path("train").is_file():
+            check_split_lists({s: self.list_path(s) for s in ("train", "test")})
+            pool, where = (
+                read_list(self.list_path("train")),
+                f"the cases of {self.list_path('train')}",
+            )
+        else:
+            pool, where = self.image_cases(), f"the cases of {self.root / 'imagesTr'}"
+            if not pool:
+                raise DataError(
+                    f"{self.root / 'imagesTr'}: no images (<case>.nii.gz or <case>_0000.nii.gz)"
+                )
+        test = read_list(self.list_path("test")) if self.has_split("test") else []
+        if not self.list_path("train").is_file():
+            pool = [c for c in pool if c not in set(test)]
+            if test:
+                where += f" not in {self.list_path('test')}"
+        labeled = [c for c in pool if self.label_path(c).is_file()]
+        unlabeled = [c for c in pool if c not in set(labeled)]
+        if self.splits_path.is_file():
+            folds = read_folds(self.splits_path)
+            made = f"read from {self.splits_path}"
+        else:
+            folds = make_folds(labeled, self.num_folds, where, self.root / "labelsTr")
+            made = f"made from {where} with seed {SPLIT_SEED} (nnU-Net's)"
+            if self.save_split:
+                made += self.write_folds(folds)
+        fold = 0 if self.fold is None else self.fold
+        if fold != "all" and fold >= len(folds):
+            raise DataError(
+                f"data.fold={fold}: {self.splits_path} has {len(folds)} folds (0 .. "
+                f"{len(folds) - 1}); choose one of them, or all"
+            )
+        name = f"{self.splits_path} fold {fold}"
+        if fold == "all":
+            train = sorted({c for f in folds for c in f["train"] + f["val"]})
+            train = shuffled(train)
+            val = list(train)
+            sources = {"train": f"{name} (every case of its folds)", "val": f"{name} (= train)"}
+        else:
+            train, val = list(folds[fold]["train"]), list(folds[fold]["val"])
+            sources = {"train": f"{name} 'train'", "val": f"{name} 'val'"}
+        check_fold_cases(self.splits_path, fold, train, val, test, self.list_path("test"))
+        left_out = [c for c in labeled if c not in set(train) | set(val)]
+        if left_out:
+            log.warning(
+                "%d labeled case(s) of %s are in neither 'train' nor 'val' of %s, so not used "
+                "(e.g. %s); delete %s to make a new split",
+                len(left_out), where, name, ", ".join(left_out[:3]), self.splits_path,
+            )  # fmt: skip
+        extra = [c for c in unlabeled if c not in set(train) | set(val)]
+        train += extra
+        sources["test"] = str(self.list_path("test"))
+        description = (
+            f"data=folder split: fold {fold} of {len(folds)} ({made}): {len(train) - len(extra)} "
+            f"labeled + {len(extra)} unlabeled training cases, "
+            + (
+                "validating on the training cases (fold all: none held out)"
+                if fold == "all"
+                else f"{len(val)} validation cases ({' '.join(val[:50])}"
+                + (" ..." if len(val) > 50 else "")
+                + ")"
+            )
+        )
+        return Split({"train": train, "val": val, "test": test}, sources, description, len(folds))
+
+    def write_folds(self, folds: list[dict[str, list[str]]]) -> str:
+        """Write the folds to ``splits_final.json`` unless a file is there (never replaced);
+        returns how it went, for the log. A read-only data folder is no error: the split is
+        made the same way on every read."""
+        target = self.splits_path
+        text = json.dumps(folds, indent=1) + "\n"
+        try:
+            temporary = temporary_sibling(target)
+            temporary.write_text(text, encoding="utf-8")
+            try:
+                os.link(temporary, target)  # fails if the file exists: never replaces one
+            except FileExistsError:
+                return f"; {target} appeared meanwhile and was kept"
+            finally:
+                temporary.unlink(missing_ok=True)
+        except OSError as err:
+            log.warning(
+                "%s cannot be written (%s): the split is made again, the same way, on every "
+                "read; copy it there yourself to keep it if cases change", target, err,
+            )  # fmt: skip
+            return "; not saved"
+        return f"; saved to {target}"
 
     def ids(self, split: str) -> list[str]:
         """Case ids; for 2-D training, ``<case>_slice_<k>`` for every slice of every case."""
@@ -189,18 +381,19 @@ class FolderLayout:
             shown = ", ".join(str(p) for p in missing[:3])
             need = "an image" if split == "train" else "an image and a label"
             raise DataError(
-                f"{self.list_path(split)} names {len(missing)} missing file(s) (each case needs "
+                f"{self.source(split)} names {len(missing)} missing file(s) (each case needs "
                 f"{need}), e.g. {shown}"
             )
         return [self.image_path(c) for c in cases]
 
     def split_labeled(self, num_labeled: int) -> tuple[list[str], list[str]]:
-        """Items of the first N labeled cases of ``train.list``, and of all the other cases."""
+        """Items of the first N labeled training cases (of ``train.list``, or of the fold's
+        ``train`` in its order), and of all the other cases."""
         cases = self.cases("train")
         with_label = [c for c in cases if self.label_path(c).is_file()]
         if not 1 <= num_labeled <= len(with_label):
             raise DataError(
-                f"data.labeled={num_labeled} but {self.list_path('train')} names {len(with_label)} "
+                f"data.labeled={num_labeled} but {self.source('train')} names {len(with_label)} "
                 f"case(s) with a label in {self.root / 'labelsTr'}; expected 1 <= data.labeled "
                 f"<= {len(with_label)}"
             )
@@ -354,6 +547,105 @@ class FolderLayout:
             raise DataError(f"{job.entry}: preprocessed case {case!r} cannot be read back")
         self._entries[case] = entry
         return entry
+
+
+# -- cross-validation folds -------------------------------------------------------------------
+def check_fold(fold: object, num_folds: object) -> tuple[int | str | None, int]:
+    """``data.fold`` as None, a fold index or ``"all"``; ``num_folds`` an int >= 2."""
+    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
+        raise DataError(f"data.layout_options.num_folds={num_folds!r}: expected an int >= 2")
+    if fold is None or fold == "all":
+        return fold, num_folds
+    if isinstance(fold, str) and fold.isdigit():
+        fold = int(fold)
+    if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
+        raise DataError(
+            f"data.fold={fold!r}: expected a fold number 0 .. {num_folds - 1}, all, or null"
+        )
+    return fold, num_folds
+
+
+def shuffled(cases: list[str]) -> list[str]:
+    """The sorted cases in nnU-Net's seeded order (``numpy.random.RandomState(12345)``)."""
+    order = np.arange(len(cases))
+    np.random.RandomState(SPLIT_SEED).shuffle(order)
+    ordered = sorted(cases)
+    return [ordered[i] for i in order]
+
+
+def make_folds(
+    labeled: list[str], num_folds: int, where: str, labels: Path
+) -> list[dict[str, list[str]]]:
+    """nnU-Net's K-fold split of the labeled cases: their sorted ids shuffled with seed 12345
+    and cut into K parts in order, the first ``len % K`` one case larger; part k validates fold
+    k. The same folds as nnU-Net's for the same cases (its ``val`` lists in this order, its
+    ``train`` lists sorted); here each ``train`` list is in the shuffled order too, so that the
+    first ``data.labeled`` of it are a random subset (and the first 3 are in the first 7)."""
+    if len(labeled) < num_folds:
+        raise DataError(
+            f"{len(labeled)} labeled case(s) in {where} (with a label in {labels}) for a "
+            f"{num_folds}-fold split: each fold validates on at least one; add labels, set "
+            f"data.layout_options.num_folds=2..{max(2, len(labeled))}, or write a val.list "
+            "(with train.list: your own split)"
+        )
+    order = shuffled(labeled)
+    sizes = [len(order) // num_folds + (1 if k < len(order) % num_folds else 0)
+             for k in range(num_folds)]  # fmt: skip
+    folds, start = [], 0
+    for size in sizes:
+        val = order[start : start + size]
+        folds.append({"train": [c for c in order if c not in set(val)], "val": val})
+        start += size
+    return folds
+
+
+def read_folds(path: Path) -> list[dict[str, list[str]]]:
+    """The folds of a ``splits_final.json``, checked for nnU-Net's format."""
+    try:
+        folds = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot be read as JSON ({err})") from err
+    expected = 'expected nnU-Net\'s format, a list of {"train": [case ids], "val": [case ids]}'
+    if not isinstance(folds, list) or not folds:
+        raise DataError(f"{path}: {expected}")
+    for k, fold in enumerate(folds):
+        if not isinstance(fold, dict) or not all(
+            isinstance(fold.get(key), list) and all(isinstance(c, str) for c in fold[key])
+            for key in ("train", "val")
+        ):
+            raise DataError(f"{path}: fold {k} is not {{'train': [...], 'val': [...]}}; {expected}")
+    return [{"train": list(f["train"]), "val": list(f["val"])} for f in folds]
+
+
+def check_fold_cases(
+    path: Path, fold: int | str, train: list[str], val: list[str], test: list[str], test_list: Path
+) -> None:
+    """The fold's cases as ``check_split_lists`` checks lists: none twice in a split, none in
+    two (``fold=all`` validates on its training cases by design)."""
+    named = {"train": train, "val": val}
+    for key, cases in named.items():
+        seen: dict[str, int] = {}
+        for index, case in enumerate(cases):
+            if case in seen:
+                raise DataError(
+                    f"{path}: fold {fold} lists {case!r} twice in {key!r} (entries {seen[case]} "
+                    f"and {index}); each case may appear once: remove one"
+                )
+            seen[case] = index
+    if fold != "all":
+        both = [c for c in val if c in set(train)]
+        if both:
+            raise DataError(
+                f"{path}: fold {fold} lists {both[0]!r} in both 'train' and 'val' "
+                f"({len(both)} case(s) in all); a validation case must not be trained on"
+            )
+    tested = [c for c in train + val if c in set(test)]
+    if tested:
+        raise DataError(
+            f"case {tested[0]!r} is in fold {fold} of {path} and in {test_list} "
+            f"({len(tested)} case(s) in all); a test case must not be trained or validated on: "
+            "keep each case in one"
+        )
 
 
 # -- reading and checking one case (shared by the cached and the decoding path) ----------------
