@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from segssl.data.datamodule import SemiSupervisedDataModule
-from segssl.data.readers import make_layout, read_list
+from segssl.data.layouts import make_layout
+from segssl.data.readers import read_list
 from segssl.filters.views import dsaif_views
 
 # the first volumes of ACDC's val.list: the shared data hold whole volumes only for val

@@ -24,11 +24,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from segssl.filters import dual_tree_filter
+from segssl.filters.reference import reference_dual_tree_filter, reference_graph
 from segssl.filters.tree_filter import check_connectivity
-
-# the plain reference filter is test code (not installed with segssl): import it from the checkout
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.reference_filter import reference_dual_tree_filter, reference_graph  # noqa: E402
 
 SLICE_SHAPE = (256, 256)
 CROP_SHAPE = (112, 112, 80)

@@ -12,14 +12,9 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from segssl.commands.hydra_app import config_dir
 from segssl.utils.trust import is_allowed_target
 from tests.conftest import SHARED_DATA, TINY, compose_config
-
-
-def group(name: str) -> list[str]:
-    """Options of a config group; files starting with ``_`` are shared parts, not options."""
-    return sorted(p.stem for p in (config_dir() / name).glob("*.yaml") if p.stem[0] != "_")
+from tests.helpers.configs import group_options
 
 
 def spatial_dims(network: nn.Module) -> int:
@@ -30,7 +25,7 @@ def spatial_dims(network: nn.Module) -> int:
     raise AssertionError(f"{type(network).__name__} has no convolution")
 
 
-@pytest.mark.parametrize("model", group("model"))
+@pytest.mark.parametrize("model", group_options("model"))
 def test_each_model_builds_a_method_and_keeps_the_input_size(model, tmp_path):
     """2-D models on the tiny 2-D data, 3-D ones in the LA (3-D) protocol."""
     overrides = [*TINY, "method=supervised", f"model={model}"]
@@ -50,7 +45,7 @@ def test_each_model_builds_a_method_and_keeps_the_input_size(model, tmp_path):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("experiment", group("experiment"))
+@pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_each_experiment_composes_its_protocol(experiment, tmp_path):
     """``+experiment=NAME`` as users type it: named, tagged, a whole protocol; its data module
     is built and its split lists read where the real data is present."""
@@ -69,7 +64,7 @@ def test_each_experiment_composes_its_protocol(experiment, tmp_path):
     assert datamodule.layout.has_split(datamodule.resolve_test_split())
 
 
-@pytest.mark.parametrize("name", group("filter"))
+@pytest.mark.parametrize("name", group_options("filter"))
 def test_each_filter_makes_two_views_of_the_image(name, tmp_path):
     cfg = compose_config("train", [*TINY, f"filter={name}", "filter.p=1.0"], tmp_path / name)
     views = instantiate(cfg.filter)

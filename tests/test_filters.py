@@ -44,8 +44,7 @@ from segssl.filters.panel import (
     load_image_for_panel,
     render_filter_panel,
 )
-from segssl.filters.tree_filter import padded_grid_graph
-from tests.reference_filter import (
+from segssl.filters.reference import (
     naive_filter_levels,
     naive_tree_filter,
     reference_dual_tree_filter,
@@ -53,6 +52,7 @@ from tests.reference_filter import (
     reference_graph,
     reference_tree_filter,
 )
+from segssl.filters.tree_filter import padded_grid_graph
 
 SHARED = Path(
     os.environ.get("SEGSSL_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -10,7 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segssl.data.readers import DataError, make_layout
+from segssl.data.layouts import make_layout
+from segssl.data.readers import DataError
 
 SPACING = (1.5, 1.25, 3.0)
 SHAPE = (24, 20, 6)

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segssl.data.readers import DataError, make_layout
+from segssl.data.layouts import make_layout
+from segssl.data.readers import DataError
 from tests.test_folder_data import folder_run, write_nifti
 
 LABELED = [f"case{i:02d}" for i in range(11)]  # 11: folds of 3, 2, 2, 2, 2

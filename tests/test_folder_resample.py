@@ -15,7 +15,8 @@ import torch
 from segssl.commands.predict import model_predict_fn, predict_files
 from segssl.data import resample
 from segssl.data.image_io import InputProtocol
-from segssl.data.readers import DataError, make_layout
+from segssl.data.layouts import make_layout
+from segssl.data.readers import DataError
 from segssl.evaluation.checkpoints import build_method, read_checkpoint
 from segssl.evaluation.inference import probs_to_labels
 from tests.test_folder_data import folder_run, write_nifti

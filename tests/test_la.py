@@ -12,7 +12,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from segssl.data.readers import DataError, make_layout
+from segssl.data.layouts import make_layout
+from segssl.data.readers import DataError
 from tests.conftest import compose_config, shared_data
 
 TRAIN_DIR = "2018LA_Seg_Training Set"
@@ -227,7 +228,7 @@ def test_la_spacing_option_gives_mm(tmp_path):
 @pytest.mark.parametrize(("patients", "slices"), [(1, 32), (3, 68), (7, 136), (14, 256)])
 def test_acdc_labeled_slice_counts(patients, slices):
     """SSL4MIS's ACDC settings: labeled patients -> labeled training slices."""
-    from segssl.data.readers import patient_of, split_labeled
+    from segssl.data.layouts.ssl4mis import patient_of, split_labeled
 
     layout = make_layout("ssl4mis", shared_data("ACDC"))
     labeled, unlabeled = split_labeled(layout.ids("train"), patients)

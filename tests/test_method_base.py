@@ -22,8 +22,9 @@ from segssl.methods import Supervised
 from segssl.utils.run import resolved_config
 from segssl.utils.trust import load_checkpoint
 from tests.conftest import TINY, compose_config, save_as_lightning
+from tests.helpers.configs import group_options
 
-METHODS = sorted(p.stem for p in (config_dir() / "method").glob("*.yaml") if p.stem[0] != "_")
+METHODS = group_options("method")
 SMALL_UNET = "model.features=[4,4,8,8,16,4]"
 
 

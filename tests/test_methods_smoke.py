@@ -15,9 +15,9 @@ from pytorch_lightning.callbacks import Callback
 
 from segssl.commands.hydra_app import config_dir
 from tests.conftest import TINY, compose_config
+from tests.helpers.configs import group_options
 
-# files starting with "_" are shared parts (_base.yaml), not methods
-METHODS = sorted(p.stem for p in (config_dir() / "method").glob("*.yaml") if p.stem[0] != "_")
+METHODS = group_options("method")
 FILTERS = ["none", "dsaif"]
 
 

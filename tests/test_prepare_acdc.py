@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from segssl.data.image_io import read_h5_sample
 from segssl.data.prepare_acdc import (
     STANDARD_SPLIT,
     TEST_PATIENTS,
@@ -21,7 +22,7 @@ from segssl.data.prepare_acdc import (
     VAL_PATIENTS,
     prepare_acdc,
 )
-from segssl.data.readers import DataError, load_h5, read_list
+from segssl.data.readers import DataError, read_list
 from tests.conftest import shared_data
 
 SPACING_XYZ = (1.5625, 1.40625, 10.0)  # anisotropic in-plane too, so a swap of x/y shows
@@ -158,9 +159,9 @@ def test_synthetic_lists_and_slices(synthetic_out) -> None:
 
 def test_reader_accepts_output(synthetic_out) -> None:
     out, _ = synthetic_out
-    sample = load_h5(out / "data" / "patient028_frame01.h5", num_classes=4, expected_ndim=3)
+    sample = read_h5_sample(out / "data" / "patient028_frame01.h5", num_classes=4, expected_ndim=3)
     assert sample.spacing == pytest.approx(SPACING_XYZ[::-1])
-    load_h5(out / "data" / "slices" / "patient099_frame02_slice_3.h5", num_classes=4)
+    read_h5_sample(out / "data" / "slices" / "patient099_frame02_slice_3.h5", num_classes=4)
 
 
 def test_all_slices_option(synthetic_raw, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 import segssl.data.layouts.folder as folder_module
 import segssl.data.preprocessed as preprocessed
-from segssl.data.readers import make_layout
+from segssl.data.layouts import make_layout
 from tests.test_folder_data import SHAPE, make_folder, write_nifti
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,7 +234,7 @@ def test_a_pass_killed_with_sigkill_leaves_nothing_trusted(root):
         f"""
         import os, signal
         import segssl.data.preprocessed as p
-        from segssl.data.readers import make_layout
+        from segssl.data.layouts import make_layout
         write_text = p.write_text
         def dying(path, text):
             if '"case": "c2"' in text:  # c2's arrays are written, its meta.json not yet

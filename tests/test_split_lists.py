@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from segssl.commands.plan import main as plan_main
-from segssl.data.readers import DataError, check_split_lists, make_layout
+from segssl.data.layouts import make_layout
+from segssl.data.readers import DataError, check_split_lists
 from segssl.data.synthetic import ensure_synthetic_dataset
 from segssl.planning.fingerprint import fingerprint
 from segssl.planning.planner import make_plan

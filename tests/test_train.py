@@ -13,6 +13,7 @@ import torch
 
 from segssl.commands.hydra_app import config_dir
 from tests.conftest import TINY
+from tests.helpers.configs import group_options
 
 RESULT_KEYS = {
     "extra",
@@ -28,7 +29,7 @@ RESULT_KEYS = {
 }
 METRICS = {"dice", "jaccard", "hd95", "asd"}
 # every method file (found by globbing: a new method is tested with no list to edit)
-METHODS = sorted(p.stem for p in (config_dir() / "method").glob("*.yaml") if p.stem[0] != "_")
+METHODS = group_options("method")
 # what the first methods are known to evaluate, checked beside what each class declares
 KNOWN_MODELS = {
     "supervised": ({"net"}, "net"),

@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 
 from segssl.data import resample
-from segssl.data.readers import DataError
+from segssl.data.readers import DataError, Sample, check_sample
 
 log = logging.getLogger(__name__)
 
@@ -302,16 +302,53 @@ def read_nifti(
 
 def read_h5(path: Path, key: str = "image") -> np.ndarray:
     """Dataset ``key`` of an h5 file as a 2-D or 3-D float32 array."""
-    try:
-        with h5py.File(path, "r") as handle:
-            if key not in handle:
-                raise DataError(f"{path}: missing h5 key {key!r} (keys: {sorted(handle.keys())})")
-            array = np.asarray(handle[key][()], dtype=np.float32)
-    except OSError as err:
-        raise DataError(f"{path}: cannot read as HDF5 ({err})") from err
+    array = _read_h5_datasets(path, (key,))[0][key].astype(np.float32, copy=False)
     if array.ndim not in (2, 3):
         raise DataError(f"{path}: {key!r} has shape {array.shape}, expected 2-D or 3-D")
     return array
+
+
+def read_h5_sample(
+    path: Path,
+    *,
+    num_classes: int,
+    require_label: bool = True,
+    expected_ndim: int | None = None,
+) -> Sample:
+    """A training or evaluation case of the SSL4MIS and UA-MT layouts: ``image`` (float32),
+    ``label`` (as stored; required unless ``require_label`` is false) and the ``spacing``
+    attribute when the file has one, checked by ``check_sample`` (dimensions, finiteness, label
+    shape and range)."""
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    keys, optional = (("image", "label"), ()) if require_label else (("image",), ("label",))
+    arrays, attrs = _read_h5_datasets(path, keys, optional)
+    image, label = arrays["image"].astype(np.float32, copy=False), arrays.get("label")
+    spacing = tuple(float(s) for s in attrs["spacing"]) if "spacing" in attrs else None
+    check_sample(path, image, label, num_classes=num_classes, expected_ndim=expected_ndim)
+    return Sample(case=path.stem, image=image, label=label, spacing=spacing)
+
+
+def _read_h5_datasets(
+    path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The datasets ``keys`` and those of ``optional`` that the file has, as stored, and the
+    file's attributes; a missing key or an unreadable file is a DataError naming the file."""
+    try:
+        with h5py.File(path, "r") as handle:
+            arrays = {}
+            for key in (*keys, *optional):
+                if key not in handle:
+                    if key in optional:
+                        continue
+                    raise DataError(
+                        f"{path}: missing h5 key {key!r} (keys: {sorted(handle.keys())})"
+                    )
+                arrays[key] = np.asarray(handle[key][()])
+            attrs = dict(handle.attrs)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read as HDF5 ({err})") from err
+    return arrays, attrs
 
 
 def read_png(path: Path) -> np.ndarray:

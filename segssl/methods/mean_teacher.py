@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from segssl.methods.base import SegmentationMethod
+from segssl.methods.ema import ema_update
 from segssl.methods.losses import SupervisedLoss, sigmoid_rampup
 
 
@@ -68,9 +69,5 @@ class MeanTeacher(SegmentationMethod):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """EMA update; the decay ramps from 0 so early teachers are not stuck at the init."""
         decay = min(1.0 - 1.0 / (self.global_step + 1), self.ema_decay)
-        student, teacher = self.networks["student"], self.networks["teacher"]
-        with torch.no_grad():
-            for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
-                t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
-            for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
-                t.copy_(s)
+        teacher, student = self.networks["teacher"], self.networks["student"]
+        ema_update(teacher, student, decay, average_buffers=False)  # SSL4MIS copies BN stats

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from segssl.utils.processes import is_alive
+
 _REASONS = {
     errno.ENOSPC: "no space left on device",
     errno.EDQUOT: "disk quota exceeded",
@@ -56,16 +58,6 @@ def temporary_sibling(target: Path, suffix: str = ".tmp") -> Path:
 _TEMPORARY = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)_(?P<pid>\d+)_[0-9a-f]{8}(\.[^./]+)*\.tmp$")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files in ``folder`` left by writers that died (killed mid-write) on
     this host; another host's or a live process's are kept. Returns those removed."""
@@ -76,7 +68,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     removed = []
     for path in folder.iterdir():
         match = _TEMPORARY.match(path.name)
-        if not match or match["host"] != host or _alive(int(match["pid"])) or path.is_dir():
+        if not match or match["host"] != host or is_alive(int(match["pid"])) or path.is_dir():
             continue
         path.unlink(missing_ok=True)
         removed.append(path)

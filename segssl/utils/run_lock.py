@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segssl.utils.processes import is_alive, start_time
+
 try:
     import fcntl
 except ImportError:  # not on Windows: takeovers fall back to _take_over_by_rename
@@ -45,28 +47,9 @@ class Holder:
         return f"pid {self.pid} on host {self.host}, started {self.started}"
 
 
-def _proc_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (Linux), to tell a reused pid from the holder."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None
-
-
 def _alive(holder: Holder) -> bool:
-    try:
-        os.kill(holder.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # a process of another user: alive
-    if holder.proc_start is not None:
-        now = _proc_start(holder.pid)
-        if now is not None and now != holder.proc_start:
-            return False  # the pid was reused by a new process
-    return True
+    """Whether the lock's process still runs (its pid, not reused since it took the lock)."""
+    return is_alive(holder.pid, holder.proc_start)
 
 
 def _this_process() -> dict[str, Any]:
@@ -74,7 +57,7 @@ def _this_process() -> dict[str, Any]:
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "proc_start": _proc_start(os.getpid()),
+        "proc_start": start_time(os.getpid()),
     }
 
 

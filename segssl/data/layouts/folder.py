@@ -44,14 +44,17 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
 from segssl.data import image_io, resample
+from segssl.data.layouts.base import Layout
 from segssl.data.preprocessed import (
     CaseJob,
     Entry,
@@ -89,7 +92,7 @@ class Split:
     folds: int = 0  # of the cross-validation split it is a fold of
 
 
-class FolderLayout:
+class FolderLayout(Layout):
     """Paths, splits and reading of a NIfTI folder; the only place that knows these names."""
 
     def __init__(
@@ -167,6 +170,23 @@ class FolderLayout:
         self._entries: dict[str, Entry] = {}  # memory-mapped cases opened so far
         self._prepared = False
         self._cached: tuple[str, Sample] | None = None  # uncached: the last volume read
+
+    @classmethod
+    def input_protocol(cls, options: Mapping[str, Any], dims: int) -> image_io.InputProtocol:
+        """The layout's ``normalize`` (``ct`` with its ``intensity`` numbers) for NIfTI, PNG and
+        h5 input alike; 2-D models slice along its ``slice_axis``; NIfTI input is resampled to
+        its ``target_spacing``."""
+        slice_axis = int(options.get("slice_axis", 2))
+        how = options.get("normalize", "zscore")
+        order = (slice_axis, *(a for a in range(3) if a != slice_axis))
+        return image_io.InputProtocol(
+            dims=dims,
+            normalize=how,
+            h5_normalize=how,
+            nifti_axes=order if dims == 2 else (0, 1, 2),
+            target_spacing=options.get("target_spacing"),
+            intensity=options.get("intensity"),
+        )
 
     # -- names ------------------------------------------------------------------------------
     def list_path(self, split: str) -> Path:

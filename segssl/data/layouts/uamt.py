@@ -16,17 +16,13 @@ unless ``spacing`` is given.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from segssl.data.readers import (
-    DataError,
-    Sample,
-    check_split_lists,
-    load_h5,
-    read_list,
-    require_files,
-)
+from segssl.data.image_io import InputProtocol, read_h5_sample
+from segssl.data.layouts.base import Layout
+from segssl.data.readers import DataError, Sample, check_split_lists, read_list
 
 
 def check_spacing(
@@ -41,7 +37,7 @@ def check_spacing(
     return values
 
 
-class UAMTLayout:
+class UAMTLayout(Layout):
     """Paths and splits of a UA-MT LA folder; the only place that knows these file names."""
 
     train_ndim = 3
@@ -53,9 +49,7 @@ class UAMTLayout:
     def __init__(
         self, root: str | Path, val_cases: int = 0, spacing: Sequence[float] | None = None
     ) -> None:
-        self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise DataError(f"data root not found: {self.root} (set data.root=PATH)")
+        self.root = self.check_root(root)
         if isinstance(val_cases, bool) or not isinstance(val_cases, int) or val_cases < 0:
             raise DataError(f"data.layout_options.val_cases={val_cases!r}: expected an int >= 0")
         self.val_cases = val_cases
@@ -67,9 +61,10 @@ class UAMTLayout:
         return self.root / self.lists[split]
 
     def has_split(self, split: str) -> bool:
+        """``val`` only with held-out cases (``val_cases`` > 0)."""
         if split == "val" and not self.val_cases:
             return False
-        return self.list_path(split).is_file()
+        return super().has_split(split)
 
     def ids(self, split: str) -> list[str]:
         """Case ids of a split; ``val`` is the held-out tail of ``train.list`` (empty if K = 0)."""
@@ -92,10 +87,6 @@ class UAMTLayout:
     def path(self, split: str, item_id: str) -> Path:
         return self.root / self.image_dir / item_id / self.file_name
 
-    def check_files(self, split: str) -> list[Path]:
-        """All files a split names, checked to exist up front (one error lists the missing)."""
-        return require_files(self.list_path(split), [self.path(split, i) for i in self.ids(split)])
-
     def split_labeled(self, num_labeled: int) -> tuple[list[str], list[str]]:
         """The first N training cases are labeled, the rest unlabeled (one case = one patient)."""
         ids = self.ids("train")
@@ -108,7 +99,7 @@ class UAMTLayout:
         return ids[:num_labeled], ids[num_labeled:]
 
     def load(self, split: str, item_id: str, *, num_classes: int, require_label: bool) -> Sample:
-        sample = load_h5(
+        sample = read_h5_sample(
             self.path(split, item_id),
             num_classes=num_classes,
             require_label=require_label,
@@ -118,3 +109,11 @@ class UAMTLayout:
         if self.spacing is not None:
             sample.spacing = self.spacing
         return sample
+
+    @classmethod
+    def input_protocol(cls, options: Mapping[str, Any], dims: int) -> InputProtocol:
+        """Z-score per volume, as UA-MT stored the h5 files (used as stored); NIfTI axes as
+        they are, UA-MT's (H, W, D)."""
+        return InputProtocol(
+            dims=dims, normalize="zscore", h5_normalize="none", nifti_axes=(0, 1, 2)
+        )

@@ -1,5 +1,6 @@
-"""Reference implementations of the DSAIF recipe, for tests and ``scripts/bench_filter.py`` only
-(kept out of the installed package).
+"""Reference implementations of the DSAIF recipe: what the fast filter is checked against (the
+tests) and timed against (``scripts/bench_filter.py``). Written for clarity, not speed; the
+training path never imports them.
 
 Two independent ways to compute what :mod:`segssl.filters.tree_filter` computes fast:
 
