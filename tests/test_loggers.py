@@ -5,6 +5,8 @@ arguments, or dropped, never a crash."""
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import re
 from pathlib import Path
 
@@ -195,3 +197,148 @@ def test_no_private_lightning_attributes_in_segssl() -> None:
         if private.search(line)
     ]
     assert not hits, f"private Lightning attributes used at {hits}"
+
+
+# ---------------------------------------------------------------------------------------------
+# W&B: runs grouped by what is compared, readable names (issue 24)
+
+
+def test_group_and_name_say_what_was_compared():
+    from segssl.utils.loggers import folder_stamp, method_variant, run_group, run_name
+
+    assert run_group("acdc", "dsaif", "dsaif", 7) == "acdc/dsaif/labeled=7"
+    assert run_group("synthetic", "bcp", "dsaif", 2) == "synthetic/bcp+dsaif/labeled=2"
+    assert run_group("synthetic", "cps", "none", 2) == "synthetic/cps/labeled=2"
+    assert method_variant("dsaif", "none") == "dsaif+none"  # DSAIF without its views
+    assert method_variant("dsaif", "max_only") == "dsaif+max_only"
+    single = "/o/train/runs/2026-12-05_11-10-44-123456"
+    assert folder_stamp(single) == "1205-1110"
+    assert folder_stamp("/o/train/multirun/2026-12-05_11-10-44-123456/3") == "1205-1110-j3"
+    assert run_name("bcp", "dsaif", 7, 2, single) == "bcp+dsaif-l7-s2-1205-1110"
+    assert re.fullmatch(r"cps-l3-s0-\d{4}-\d{4}", run_name("cps", "none", 3, 0, "/elsewhere"))
+
+
+def test_wandb_group_and_name_come_from_the_identity_unless_given(tmp_path: Path) -> None:
+    run_dir = tmp_path / "2026-12-05_11-10-44-123456"
+    identity = {"experiment": "acdc", "method": "dsaif", "filter": "dsaif", "labeled": 7, "seed": 0}
+    logger = wandb_logger(save_dir=str(run_dir), project="p", identity=identity)
+    try:
+        (started,) = start_loggers([logger], wait_s=0)  # offline (conftest): no network
+        assert started.experiment.group == "acdc/dsaif/labeled=7"
+        assert started.experiment.name == "dsaif-l7-s0-1205-1110"
+    finally:
+        logger.experiment.finish()
+    chosen = wandb_logger(save_dir=str(run_dir), project="p", identity=identity, group="mine")
+    assert getattr(chosen, WANDB_KWARGS)["group"] == "mine"  # the user's own group is kept
+
+
+@pytest.mark.slow
+def test_a_training_run_is_grouped_named_and_summarised_in_its_offline_files(
+    run_task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TINY bcp+dsaif run with the W&B logger, read back from its .wandb file: the group is
+    experiment/method+filter/labeled, the name says method, labeled and seed, the comparison
+    keys are top-level config (Lightning's module hparams nested under ``module``), the
+    summary keeps the best and last validation Dice, and W&B printed nothing."""
+    import wandb
+
+    from tests.conftest import TINY
+    from tests.wandb_records import records, run_contents
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    out, _, _ = run_task([*overrides, "method=bcp", "filter=dsaif", "logger=wandb", "seed=5"])
+    wandb.teardown()  # wandb-core may hold the run file's last writes until it stops
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    contents = run_contents(run_dir)
+    assert contents["group"] == "synthetic/bcp+dsaif/labeled=1"
+    assert contents["job_type"] == "train"
+    (run,) = [r.run for r in records(next(run_dir.glob("*.wandb"))) if r.HasField("run")]
+    assert run.display_name.startswith("bcp+dsaif-l1-s5-")
+    config = contents["config"]
+    expected = {"method": "bcp", "filter": "dsaif", "variant": "bcp+dsaif", "network": "unet2d"}
+    assert {k: config[k] for k in expected} == expected
+    assert (config["data"], config["labeled"], config["seed"]) == ("synthetic", 1, 5)
+    assert config["group"] == contents["group"] and config["sweep"] is None
+    assert isinstance(config["module"], dict) and "model" not in config  # hparams nested
+    dice = contents["summary"]["val/dice"]
+    assert set(dice) == {"max", "last"} and dice["max"] >= dice["last"]
+    # the test of the best checkpoint: a per-case table of the selection model, with overlays
+    (logged,) = [row for row in contents["history"] if "test/best/per_case/path" in row]
+    assert logged["test/best/per_case/_type"] == "table-file"
+    table = json.loads((run_dir / "files" / logged["test/best/per_case/path"]).read_text())
+    assert table["columns"] == ["case", "class", "dice", "jaccard", "hd95", "asd", "overlay"]
+    per_case = list(csv.DictReader((out / "per_case.csv").open()))
+    selected = json.loads((out / "results.json").read_text())["selection_model"]
+    assert len(table["data"]) == len([r for r in per_case if r["model"] == selected])
+    assert {r[1] for r in table["data"]} == {"RV", "Myo", "LV"}
+    # an overlay for the first num_cases=3 of the 4 test volumes; offline, W&B keeps the images
+    # in the table's artifact and writes "Image" in the run's copy
+    shown = {r[0] for r in table["data"] if r[6] == "Image"}
+    assert len(shown) == 3 and all(r[6] is None for r in table["data"] if r[0] not in shown)
+    pngs = {p.stem for p in (out / "test_overlays" / "test_best").glob("*.png")}
+    assert pngs == shown
+    # every image reached W&B (none dropped for a step behind W&B's own)
+    assert any("train/views/filenames" in row for row in contents["history"])
+    assert sum("val/overlays/filenames" in row for row in contents["history"]) >= 1
+
+
+def test_without_an_account_wandb_starts_offline_at_once_and_prints_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capfd
+) -> None:
+    """No WANDB_MODE, no key, no netrc: offline from the first try (no failed online start
+    to fall back from), and no "anonymous setting has no effect" on the terminal."""
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    logger = wandb_logger(save_dir=str(tmp_path), project="p", identity={"method": "cps"})
+    try:
+        (started,) = start_loggers([logger], wait_s=0)
+        assert started.experiment.offline
+    finally:
+        logger.experiment.finish()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    printed = capfd.readouterr()
+    assert "anonymous" not in printed.err + printed.out
+
+
+def test_jobs_of_a_sweep_share_the_sweep_folder_and_are_told_apart(tmp_path: Path) -> None:
+    """run_hyperparameters under a multirun: the sweep folder is top-level config (one filter
+    finds the sweep's runs), each job's name carries its job number."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    from segssl.utils.loggers import run_hyperparameters
+    from segssl.utils.run import resolved_config
+    from tests.conftest import compose_config
+
+    sweep = tmp_path / "multirun" / "2026-12-05_11-10-44-123456"
+    names = []
+    for job, seed in enumerate((0, 1)):
+        cfg = compose_config("train", ["method=cps", f"seed={seed}"], sweep / str(job))
+        OmegaConf.set_readonly(cfg.hydra, False)
+        with open_dict(cfg):
+            cfg.hydra.mode = "MULTIRUN"
+            cfg.hydra.sweep.dir = str(sweep)
+        HydraConfig().set_config(cfg)
+        params = run_hyperparameters(resolved_config(cfg))
+        assert params["sweep"] == str(sweep) and params["run_dir"] == str(sweep / str(job))
+        assert params["group"] == "synthetic/cps/labeled=2" and params["seed"] == seed
+        assert (params["network"], params["data"]) == ("unet2d", "synthetic")
+        identity = {k: params[k] for k in ("experiment", "method", "filter", "labeled", "seed")}
+        logger = wandb_logger(save_dir=params["run_dir"], project="p", identity=identity)
+        names.append(loggers_name(logger))
+    assert names == ["cps-l2-s0-1205-1110-j0", "cps-l2-s1-1205-1110-j1"]
+
+
+def loggers_name(logger: WandbLogger) -> str:
+    """The run name our factory chose (W&B would show it), without starting a run."""
+    from segssl.utils.loggers import _identity_names
+
+    return _identity_names(dict(getattr(logger, WANDB_KWARGS)))["name"]
+
+
+def test_a_logger_built_by_hand_keeps_wandb_defaults() -> None:
+    from segssl.utils.loggers import _identity_names
+
+    assert _identity_names({"project": "p", "group": "auto", "name": "auto"}) == {"project": "p"}

@@ -170,3 +170,98 @@ def test_view_cache_is_built_once_and_keyed_by_filter_parameters(tmp_path):
     batch = next(iter(dm.train_dataloader()))[0]
     assert batch["labeled"]["image"].shape == (2, 1, 32, 32)
     assert batch["unlabeled"]["image_2"].shape == (2, 1, 32, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# filter.area_threshold follows the training input (issue 24)
+
+
+def synthetic_slice(size: int, seed: int = 0) -> np.ndarray:
+    """A middle slice of a synthetic cardiac phantom rendered at ``size`` px."""
+    from segssl.data.synthetic.rendering import make_phantom_volume
+
+    image, _ = make_phantom_volume(np.random.default_rng(seed), size, 3, 1)
+    return image[1]
+
+
+@pytest.mark.parametrize("size", [32, 64, 256])
+def test_default_views_keep_structure_at_every_image_size(size, caplog):
+    """The default (auto) threshold keeps tens of grey levels in both views; the paper's 50
+    pixels taken literally at 32 px left one view black and the other binary."""
+    from segssl.filters.views import COLLAPSED_LEVELS
+
+    views = dsaif_views(p=1.0, gamma_p=0.0, image_size=size)  # conf/filter/dsaif.yaml's default
+    assert views.view_a.area_threshold == {32: 1, 64: 3, 256: 50}[size]
+    for seed in range(3):
+        image = synthetic_slice(size, seed)
+        out = views({"image": image[None]})
+        for key in ("image_1", "image_2"):
+            view = out[key][0].numpy()
+            assert view.std() > 0 and np.unique(view).size >= COLLAPSED_LEVELS, (size, seed, key)
+    assert "collapsed" not in caplog.text
+
+
+def test_default_views_keep_structure_on_real_acdc_slices():
+    from scipy.ndimage import zoom
+
+    from segssl.filters.views import COLLAPSED_LEVELS
+    from tests.conftest import shared_data
+
+    h5py = pytest.importorskip("h5py")
+    slices = sorted((shared_data("ACDC") / "data" / "slices").glob("*.h5"))[::400][:3]
+    assert slices
+    for path in slices:
+        with h5py.File(path) as handle:
+            raw = handle["image"][:]
+        for size in (32, 64, 256):
+            image = zoom(raw, (size / raw.shape[0], size / raw.shape[1]), order=1)
+            views = dsaif_views(image_size=size)
+            for tree in (views.view_a, views.view_b):
+                view = tree(image.astype(np.float32), np.random.RandomState(0))
+                assert np.unique(view).size >= COLLAPSED_LEVELS, (path.name, size, tree.tree)
+
+
+def test_auto_threshold_scales_with_the_configured_input(tmp_path):
+    """Through the composed train config: data.image_size in 2-D, data.patch_size's voxels in
+    3-D, and a number given as filter.area_threshold= kept as it is (DESIGN.md contract)."""
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    def threshold(*overrides: str) -> int:
+        cfg = compose_config("train", list(overrides), tmp_path / "run")
+        return instantiate(cfg.filter).view_a.area_threshold
+
+    assert threshold("data.image_size=256") == 50  # the paper's value at the paper's size
+    assert threshold("data.image_size=128") == 12
+    assert threshold("data.image_size=32") == 1
+    assert threshold("data=la") == round(50 * 112 * 112 * 80 / 256**2)  # the same share
+    assert threshold("data.image_size=32", "filter.area_threshold=50") == 50
+    assert threshold("data.image_size=32", "filter=max_only") == 1
+    with pytest.raises(Exception, match=r"filter.area_threshold='big'.*'auto'"):
+        threshold("filter.area_threshold=big")  # Hydra wraps the ValueError
+
+
+def test_a_collapsed_view_is_warned_once_naming_the_setting(caplog):
+    views = dsaif_views(p=1.0, gamma_p=0.0, area_threshold=50)  # the paper's number at 32 px
+    for seed in range(4):
+        views({"image": synthetic_slice(32, seed)[None]})
+    warnings = [r for r in caplog.records if "collapsed" in r.getMessage()]
+    assert len(warnings) == 2  # once for each tree, not once per sample
+    assert "filter.area_threshold=50" in warnings[0].getMessage()
+    assert "auto (1 here)" in warnings[0].getMessage()
+
+
+def test_cache_key_parameters_ignore_the_collapse_check():
+    """The view cache is keyed by the filter's parameters: the same as before the check was
+    added (existing caches stay valid), and unchanged after views were made."""
+    views = dsaif_views(area_threshold=5)
+    before = views.cache_params()
+    assert before["view_a"] == {
+        "tree": "max",
+        "area_threshold": 5,
+        "connectivity": None,
+        "cache_key": "image_max",
+    }
+    views.precompute(phantom())
+    assert views.cache_params() == before

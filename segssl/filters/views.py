@@ -9,6 +9,8 @@ perturbation to network drawn 50/50.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +19,62 @@ import torch
 from monai.transforms import Randomizable
 from scipy.ndimage import gaussian_filter
 
+log = logging.getLogger(__name__)
+
 Perturbation = Callable[[np.ndarray, np.random.RandomState], np.ndarray]
+
+# The paper's area threshold: 50 pixels on 256x256 ACDC slices. ``area_threshold="auto"`` keeps
+# that share of the training input's pixels (voxels in 3-D), so a smaller input keeps the same
+# structures instead of losing everything under 50 pixels (at 32 px: one view black, one binary).
+REFERENCE_AREA_THRESHOLD = 50
+REFERENCE_SHAPE = (256, 256)
+# a filtered view with fewer grey levels than this, from an input with many, has lost its
+# structure (at 256 px the paper's views keep tens of levels)
+COLLAPSED_LEVELS = 8
+RICH_INPUT_LEVELS = 32
+# views checked for collapse per filter and process: the first ones show a systematic problem,
+# checking every view would cost a sort per sample
+CHECKED_VIEWS = 8
+
+
+def scaled_area_threshold(input_shape: Sequence[int]) -> int:
+    """The paper's 50 pixels at 256x256 as the same share of ``input_shape``'s pixels (or
+    voxels): 50 at 256x256, 12 at 128x128, 3 at 64x64, 1 at 32x32; at least 1."""
+    share = math.prod(input_shape) / math.prod(REFERENCE_SHAPE)
+    return max(1, round(REFERENCE_AREA_THRESHOLD * share))
+
+
+def training_input_shape(
+    image_size: int | None = None, patch_size: Sequence[int] | None = None
+) -> tuple[int, ...] | None:
+    """The shape the filter sees in training: the 3-D patch if there is one, else the square
+    2-D slice (``data.patch_size`` / ``data.image_size``); None when neither is known."""
+    if patch_size:
+        return tuple(int(s) for s in patch_size)
+    if image_size:
+        return (int(image_size), int(image_size))
+    return None
+
+
+def resolve_area_threshold(
+    area_threshold: int | str | None, input_shape: Sequence[int] | None
+) -> tuple[int, str]:
+    """``filter.area_threshold`` as pixels, and why: a number is used as it is; ``auto`` (or
+    null) scales the paper's 50 at 256x256 to ``input_shape``."""
+    if area_threshold is None or area_threshold == "auto":
+        if input_shape is None:
+            return REFERENCE_AREA_THRESHOLD, "auto, no input size given: the paper's 50"
+        pixels = scaled_area_threshold(input_shape)
+        shape = "x".join(map(str, input_shape))
+        return pixels, f"auto: the paper's 50 at 256x256 scaled to {shape}"
+    if isinstance(area_threshold, bool) or not isinstance(area_threshold, int | np.integer):
+        raise ValueError(
+            f"filter.area_threshold={area_threshold!r}: expected 'auto' (the paper's 50 at "
+            "256x256, scaled to data.image_size / data.patch_size) or a number of pixels >= 0"
+        )
+    if area_threshold < 0:
+        raise ValueError(f"filter.area_threshold={area_threshold}: expected a number >= 0")
+    return int(area_threshold), "as given"
 
 
 def identity(image: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
@@ -34,10 +91,44 @@ class TreeFilter:
         # samples may carry this view pre-computed (filter.cache=true)
         self.cache_key = f"image_{tree}"
 
+    def params(self) -> dict[str, Any]:
+        """What the view depends on (the view cache's key): not the collapse check's state."""
+        return {
+            "tree": self.tree,
+            "area_threshold": self.area_threshold,
+            "connectivity": self.connectivity,
+            "cache_key": self.cache_key,
+        }
+
     def __call__(self, image: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
         from segssl.filters import tree_filter
 
-        return tree_filter(image, self.tree, self.area_threshold, self.connectivity)
+        view = tree_filter(image, self.tree, self.area_threshold, self.connectivity)
+        checked = self.__dict__.get("_checked", 0)
+        if checked < CHECKED_VIEWS:
+            self._checked = checked + 1
+            self._warn_if_collapsed(image, view)
+        return view
+
+    def _warn_if_collapsed(self, image: np.ndarray, view: np.ndarray) -> None:
+        """Say once (per process) that the threshold wipes out this input's structure: the
+        run would otherwise train on black or binary views without a word."""
+        if self.__dict__.get("_warned"):
+            return
+        levels = np.unique(view).size
+        if levels >= COLLAPSED_LEVELS or np.unique(image).size < RICH_INPUT_LEVELS:
+            return
+        self._warned = True
+        shape = "x".join(map(str, np.shape(image)))
+        share = self.area_threshold / max(np.size(image), 1)
+        log.warning(
+            "DSAIF %s-tree view of a %s image has collapsed to %d grey level(s): "
+            "filter.area_threshold=%d removes every component under %.1f%% of the image (the "
+            "paper: 50 of 256x256, 0.08%%). Use filter.area_threshold=auto (%d here) or a "
+            "smaller number.",
+            self.tree, shape, levels, self.area_threshold, 100 * share,
+            scaled_area_threshold(np.shape(image)),
+        )  # fmt: skip
 
 
 class GaussianBlur:
@@ -120,7 +211,7 @@ class TwoViews(Randomizable):
 
     def cache_params(self) -> dict[str, Any]:
         return {
-            k: getattr(v, "__dict__", str(v))
+            k: v.params() if hasattr(v, "params") else getattr(v, "__dict__", str(v))
             for k, v in (("view_a", self.view_a), ("view_b", self.view_b))
         }
 
@@ -161,16 +252,25 @@ def as_array(image: Any) -> np.ndarray:
 
 def dsaif_views(
     p: float = 0.5,
-    area_threshold: int = 50,
+    area_threshold: int | str | None = "auto",
     connectivity: int | None = None,
     trees: Sequence[str] = ("max", "min"),
     gamma_p: float = 0.5,
     gamma_range: Sequence[float] = (0.5, 1.5),
     cache: bool = False,
     cache_dir: str | None = None,
+    image_size: int | None = None,
+    patch_size: Sequence[int] | None = None,
 ) -> TwoViews:
-    """DSAIF views; ``trees=["max"]`` or ``["min"]`` are the one-tree ablations."""
-    filters = [TreeFilter(t, area_threshold, connectivity) for t in trees]
+    """DSAIF views; ``trees=["max"]`` or ``["min"]`` are the one-tree ablations.
+
+    ``area_threshold``: pixels (voxels), or ``"auto"`` for the paper's 50 at 256x256 scaled
+    to the training input, ``patch_size`` in 3-D, else ``image_size`` squared.
+    """
+    shape = training_input_shape(image_size, patch_size)
+    pixels, why = resolve_area_threshold(area_threshold, shape)
+    log.info("DSAIF area threshold: %d pixels (%s)", pixels, why)
+    filters = [TreeFilter(t, pixels, connectivity) for t in trees]
     if not 1 <= len(filters) <= 2:
         raise ValueError(f"filter.trees={list(trees)}: expected one or two of 'max', 'min'")
     view_b = filters[1] if len(filters) == 2 else identity

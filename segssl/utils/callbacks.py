@@ -51,14 +51,20 @@ class TrainingViewsLogger(pl.Callback):
         path = Path(trainer.default_root_dir) / self.filename
         render_views(self._samples, path, step=trainer.global_step)
         log.info("Training samples and their two views: %s", path)
-        for logger in trainer.loggers:
-            if isinstance(logger, pl.loggers.WandbLogger):
-                import wandb
+        for logger in wandb_loggers(trainer):
+            logger.log_image(
+                "train/views",
+                [str(path)],
+                step=trainer.global_step,
+                caption=[f"step {trainer.global_step}"],
+            )
 
-                logger.experiment.log(
-                    {"train/views": wandb.Image(str(path), caption=f"step {trainer.global_step}")},
-                    step=trainer.global_step,
-                )
+
+def wandb_loggers(trainer: pl.Trainer) -> list[pl.loggers.WandbLogger]:
+    """The run's W&B loggers. Images and tables go through Lightning's ``log_image`` /
+    ``log_table``, which put them on ``trainer/global_step`` like every metric: W&B's own
+    ``step=`` would drop a record whose step is behind W&B's row counter."""
+    return [lg for lg in trainer.loggers if isinstance(lg, pl.loggers.WandbLogger)]
 
 
 def render_views(samples: list[dict[str, Any]], path: Path, step: int) -> Path:
@@ -91,7 +97,11 @@ def render_views(samples: list[dict[str, Any]], path: Path, step: int) -> Path:
 class ValidationOverlays(pl.Callback):
     """After each validation, overlay the selection model's prediction and the reference on the
     middle slice of a few validation volumes (titled with case and step): a PNG in the run
-    folder's ``val_overlays/`` and a W&B image when that logger is active."""
+    folder's ``val_overlays/`` and a W&B image when that logger is active.
+
+    At each test (the best and the last checkpoint), with W&B active: a W&B table
+    ``<stage>/per_case`` (e.g. ``test/best/per_case``) of the selection model's per-case,
+    per-class metrics, the first ``num_cases`` cases with their overlay."""
 
     def __init__(self, num_cases: int = 3) -> None:
         self.num_cases = num_cases
@@ -103,6 +113,43 @@ class ValidationOverlays(pl.Callback):
         volumes = datamodule.volumes(datamodule.val_split)[: self.num_cases]
         if not volumes:
             return
+        panels = self._panels(trainer, pl_module, volumes)
+        path = Path(trainer.default_root_dir) / "val_overlays" / f"step_{trainer.global_step}.png"
+        render_overlays(panels, path, pl_module.selection_model)
+        for logger in wandb_loggers(trainer):
+            logger.log_image(
+                "val/overlays", [str(path)], step=trainer.global_step, caption=[path.stem]
+            )
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        loggers = wandb_loggers(trainer)
+        stage = getattr(pl_module, "evaluation_stage", "test")
+        summary = getattr(pl_module, "evaluation_results", {}).get(stage) or {}
+        model = getattr(pl_module, "selection_model", None)
+        rows = [r for r in summary.get("rows", []) if r.get("model") == model]
+        if not loggers or not trainer.is_global_zero or not rows:
+            return
+        import wandb
+
+        datamodule = trainer.datamodule
+        # test_on_val/... is the test of a dataset without a test split
+        split = datamodule.val_split if stage.startswith("test_on_val") else datamodule.test_split
+        volumes = datamodule.volumes(split)[: self.num_cases]
+        images: dict[str, Any] = {}
+        folder = Path(trainer.default_root_dir) / "test_overlays" / stage.replace("/", "_")
+        for panel in self._panels(trainer, pl_module, volumes):
+            path = render_overlays([panel], folder / f"{panel['case']}.png", model)
+            images[panel["case"]] = wandb.Image(str(path), caption=panel["title"])
+        columns = ["case", "class", "dice", "jaccard", "hd95", "asd", "overlay"]
+        data = [[*(r.get(c) for c in columns[:-1]), images.get(str(r["case"]))] for r in rows]
+        for logger in loggers:
+            logger.log_table(
+                f"{stage}/per_case", columns=columns, data=data, step=trainer.global_step
+            )
+
+    def _panels(self, trainer, pl_module, volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The middle slice of each volume with its reference and the selection model's
+        prediction."""
         panels = []
         evaluator = pl_module.evaluator
         was_training = pl_module.training
@@ -115,18 +162,17 @@ class ValidationOverlays(pl.Callback):
                 arrays = (volume["image"], volume["label"], probs.argmax(0).numpy())
                 image, label, pred = (np.take(a, index, axis=axis) for a in arrays)
                 title = f"{volume['case']} slice {index} @ step {trainer.global_step}"
-                panels.append({"title": title, "image": image, "label": label, "pred": pred})
-        pl_module.train(was_training)
-        path = Path(trainer.default_root_dir) / "val_overlays" / f"step_{trainer.global_step}.png"
-        render_overlays(panels, path, pl_module.selection_model)
-        for logger in trainer.loggers:
-            if isinstance(logger, pl.loggers.WandbLogger):
-                import wandb
-
-                logger.experiment.log(
-                    {"val/overlays": [wandb.Image(str(path), caption=path.stem)]},
-                    step=trainer.global_step,
+                panels.append(
+                    {
+                        "case": str(volume["case"]),
+                        "title": title,
+                        "image": image,
+                        "label": label,
+                        "pred": pred,
+                    }
                 )
+        pl_module.train(was_training)
+        return panels
 
 
 def render_overlays(panels: list[dict[str, Any]], path: Path, model_name: str) -> Path:

@@ -8,10 +8,12 @@ import io
 import logging
 import netrc
 import os
+import re
+import time
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import Logger
+from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from segssl.utils.atomic import atomic_open, write_text
@@ -44,45 +46,167 @@ def wandb_mode() -> str:
 
 # the view group's name (``filter``; ``views`` if it is renamed)
 VIEW_GROUPS = ("views", "filter")
+# methods whose own config selects the view filter of the same name (conf/method/dsaif.yaml):
+# for them filter=none is a change worth naming; every other method's default filter is none
+FILTER_METHODS = frozenset({"dsaif"})
+# a run folder's name as conf/hydra/default.yaml makes it (runs/<stamp>, multirun/<stamp>/<job>)
+FOLDER_STAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})_(\d{2})-(\d{2})-(\d{2})")
+
+
+def method_variant(method: str | None, view_filter: str | None) -> str:
+    """What was trained, as a reader names it: ``dsaif``, ``cps``, ``bcp+dsaif``,
+    ``dsaif+max_only``; the filter is named only when it is not the method's own."""
+    method = method or "run"
+    if view_filter in (None, method) or (view_filter == "none" and method not in FILTER_METHODS):
+        return method
+    return f"{method}+{view_filter}"
+
+
+def run_group(
+    experiment: str | None, method: str | None, view_filter: str | None, labeled: Any
+) -> str:
+    """The W&B group of the runs that are compared together, seeds averaged inside it:
+    ``acdc/dsaif/labeled=7``."""
+    parts = [experiment or "segssl", method_variant(method, view_filter)]
+    if labeled is not None:
+        parts.append(f"labeled={labeled}")
+    return "/".join(parts)
+
+
+def folder_stamp(run_dir: str | os.PathLike | None) -> str:
+    """A short start stamp from the run folder's name (``1205-1110``, ``1205-1110-j3`` for
+    job 3 of a multirun), so the name of a resumed run stays the same; the clock otherwise."""
+    if run_dir:
+        folder = Path(run_dir)
+        for candidate, job in ((folder.name, ""), (folder.parent.name, folder.name)):
+            match = FOLDER_STAMP.fullmatch(candidate[:19]) if len(candidate) >= 19 else None
+            if match:
+                _, month, day, hour, minute, _ = match.groups()
+                return f"{month}{day}-{hour}{minute}" + (f"-j{job}" if job.isdigit() else "")
+    return time.strftime("%m%d-%H%M")
+
+
+def run_name(
+    method: str | None,
+    view_filter: str | None,
+    labeled: Any,
+    seed: Any,
+    run_dir: str | os.PathLike | None = None,
+) -> str:
+    """A readable W&B run name: ``dsaif-l7-s0-1205-1110`` (method[+filter], labeled, seed,
+    start stamp)."""
+    parts = [method_variant(method, view_filter)]
+    if labeled is not None:
+        parts.append(f"l{labeled}")
+    if seed is not None:
+        parts.append(f"s{seed}")
+    parts.append(folder_stamp(run_dir))
+    return "-".join(parts)
 
 
 def run_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
     """What a logger records of a run: the keys a sweep's runs are compared by, flat at the top
-    (``method``, ``filter``, ``data.labeled``, ``seed``, ``experiment``) so the W&B dashboard
-    groups and filters by them with no manual work, and the whole resolved config under
-    ``config`` (nested there, so its ``method`` / ``filter`` settings do not collide)."""
+    (``method``, ``filter``, ``variant``, ``network``, ``data``, ``labeled``, ``seed``,
+    ``experiment``, ``group``, and ``sweep``: the multirun folder its jobs share, null for a
+    single run) so the W&B dashboard groups and filters by them in one click, and the whole
+    resolved config under ``config`` (nested, so its ``method`` / ``filter`` settings do not
+    collide)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     choices: dict[str, Any] = {}
+    sweep = run_dir = None
     if HydraConfig.initialized():
-        choices = dict(HydraConfig.get().runtime.choices)
+        hydra = HydraConfig.get()
+        choices = dict(hydra.runtime.choices)
+        run_dir = hydra.runtime.output_dir
+        if hydra.mode == RunMode.MULTIRUN:
+            sweep = str(hydra.sweep.dir)
     view = next((choices[g] for g in VIEW_GROUPS if choices.get(g)), None)
+    method = config.get("method_name") or choices.get("method")
+    labeled = (config.get("data") or {}).get("labeled")
+    experiment = config.get("experiment_name")
     return {
-        "method": config.get("method_name") or choices.get("method"),
+        "method": method,
         "filter": view,
-        "data.labeled": (config.get("data") or {}).get("labeled"),
+        "variant": method_variant(method, view),
+        "network": choices.get("model"),
+        "data": choices.get("data"),
+        "data.labeled": labeled,
+        "labeled": labeled,
         "seed": config.get("seed"),
-        "experiment": config.get("experiment_name"),
+        "experiment": experiment,
+        "group": run_group(experiment, method, view, labeled),
+        "sweep": sweep,
+        "run_dir": run_dir,
         "config": config,
     }
+
+
+def _identity_names(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """W&B ``group`` and ``name`` from ``identity`` (conf/logger/wandb.yaml) where they are
+    ``auto``; a name or group given by the user is kept."""
+    identity = dict(kwargs.pop("identity", None) or {})
+    if not identity:  # built by hand: W&B's own defaults for what is not given
+        return {k: v for k, v in kwargs.items() if not (k in ("group", "name") and v == "auto")}
+    method, view = identity.get("method"), identity.get("filter")
+    labeled, seed = identity.get("labeled"), identity.get("seed")
+    if kwargs.get("group", "auto") == "auto":
+        kwargs["group"] = run_group(identity.get("experiment"), method, view, labeled)
+    if kwargs.get("name", "auto") == "auto":
+        kwargs["name"] = run_name(method, view, labeled, seed, kwargs.get("save_dir"))
+    return kwargs
 
 
 def wandb_logger(**kwargs: Any):
     """A WandbLogger that is offline unless the user asked otherwise, with a short timeout.
 
-    Starting the W&B run is checked later by ``start_loggers``: if an online start fails
-    (no network, bad key), the run carries on offline instead of crashing.
+    ``group`` / ``name`` ``auto`` (the default) are made from ``identity`` (experiment,
+    method, filter, labeled, seed): see ``run_group`` and ``run_name``. Starting the W&B run
+    is checked later by ``start_loggers``: if an online start fails (no network, bad key), the
+    run carries on offline instead of crashing.
     """
     import wandb
-    from pytorch_lightning.loggers import WandbLogger
 
+    given = dict(kwargs)
+    kwargs = _identity_names(dict(kwargs))
     mode = wandb_mode()
     os.environ.setdefault("WANDB_SILENT", "true")
+    wandb_mode_setting = "online" if mode == "online" else "offline"
+    # set W&B's terminal up silent now: Lightning passes `anonymous=None` to wandb.init, and
+    # wandb 0.31 warns "The anonymous setting has no effect" before its own setup would
+    # read WANDB_SILENT (harmless: we never log anonymously). The mode is given here too: this
+    # setup outlives the WANDB_MODE that Lightning sets later for an offline logger.
+    wandb.setup(settings=wandb.Settings(silent=True, mode=wandb_mode_setting))
     os.makedirs(kwargs.get("save_dir", "."), exist_ok=True)
-    settings = wandb.Settings(init_timeout=30, silent=True, console="off")
-    logger = WandbLogger(offline=mode != "online", settings=settings, **kwargs)
-    setattr(logger, WANDB_KWARGS, dict(kwargs))
+    settings = wandb.Settings(init_timeout=30, silent=True, console="off", mode=wandb_mode_setting)
+    logger = RunWandbLogger(offline=mode != "online", settings=settings, **kwargs)
+    setattr(logger, WANDB_KWARGS, given)
     return logger
+
+
+class RunWandbLogger(WandbLogger):
+    """Lightning's WandbLogger, with the run's config kept readable: the keys a run is compared
+    by stay at the top (``run_hyperparameters``), and the LightningModule's own
+    hyper-parameters, which Lightning logs at fit start, go under ``module`` (flat they would
+    replace ``model`` and crowd the top level; all of them are in ``config`` too)."""
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        params = dict(params) if params is not None else {}
+        if "config" not in params:  # not ours: Lightning's module / datamodule hparams
+            params = {"module": params}
+        super().log_hyperparams(params, *args, **kwargs)
+
+
+def define_run_metrics(experiment: Any) -> None:
+    """Validation Dice keeps its best and last value in the run's summary (what selection
+    chose, where training ended); every curve is drawn against ``trainer/global_step``
+    (Lightning's own ``define_metric``). Best effort: a W&B stand-in may not have it."""
+    try:
+        experiment.define_metric("val/dice", summary="max,last")
+        experiment.define_metric("train/loss", summary="min,last")
+    except Exception as err:  # noqa: BLE001 - a summary setting is never worth a failed run
+        log.debug("W&B define_metric failed: %s", err)
 
 
 def start_loggers(loggers: list, attempts: int = 10, wait_s: float = 3.0) -> list:
@@ -109,7 +233,7 @@ def _start_wandb(logger: Any, attempts: int, wait_s: float) -> Any | None:
         stop_orphaned_wandb_services()
     for attempt in range(attempts):
         try:
-            _ = logger.experiment
+            define_run_metrics(logger.experiment)
             return logger
         except Exception as err:  # noqa: BLE001 - any failure to start W&B must not kill a run
             if kwargs is None:
