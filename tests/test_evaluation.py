@@ -30,6 +30,7 @@ from segssl.evaluation import (
     case_rows,
     ensemble_predict_fn,
     format_results_table,
+    label_map,
     predict_volume_2d,
     predict_volume_3d,
     probs_to_labels,
@@ -384,6 +385,21 @@ def test_probs_to_labels_threshold_and_ensemble():
     assert torch.allclose(mean_fn(torch.ones(1, 1, 2, 2)), torch.full((1, 1, 2, 2), 0.4))
     with pytest.raises(ValueError, match="fns"):
         ensemble_predict_fn()
+
+
+def test_label_maps_are_the_argmax_with_its_ties_and_nans():
+    # the CPU label map is made class by class (5x faster than argmax over the outer axis):
+    # the first maximal class must win a tie and a NaN must count as the maximum, as argmax does
+    probs = torch.randint(0, 3, (5, 4, 9, 11)).float()  # many ties
+    probs[2, 0, 0, :3] = float("nan")
+    probs[0, 1, 1, 1] = float("nan")
+    probs[4, 2, 2, 2] = float("nan")
+    probs[1:3, 3, 3, 3] = float("nan")  # two NaNs: the first one wins
+    expected = probs.argmax(0).to(torch.uint8)
+    assert torch.equal(label_map(probs), expected)
+    np.testing.assert_array_equal(probs_to_labels(probs), expected.numpy())
+    random = torch.rand(4, 3, 16, 12)
+    assert torch.equal(label_map(random), random.argmax(0).to(torch.uint8))
 
 
 def test_device_follows_module_and_outputs_stay_on_cpu():

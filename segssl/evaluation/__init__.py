@@ -3,6 +3,7 @@
 
 from segssl.evaluation.inference import (
     ensemble_predict_fn,
+    label_map,
     predict_volume_2d,
     predict_volume_3d,
     probs_to_labels,
@@ -38,6 +39,7 @@ __all__ = [
     "ensemble_predict_fn",
     "foreground_names",
     "format_results_table",
+    "label_map",
     "predict_volume_2d",
     "predict_volume_3d",
     "probs_to_labels",

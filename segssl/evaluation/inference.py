@@ -2,8 +2,9 @@
 
 A ``predict_fn`` maps a float image batch ``(B, 1, *spatial)`` to class probabilities
 ``(B, C, *spatial)`` (e.g. the softmax of a network, or ``ensemble_predict_fn`` of several).
-Both entry points return float32 probabilities ``(C, D, H, W)`` on the CPU at the volume's
-native size, so metrics and saving never hold a whole volume on the accelerator.
+Both entry points return float32 probabilities ``(C, D, H, W)`` at the volume's native size, on
+the CPU by default, so saving never holds a whole volume on the accelerator; validation asks
+``predict_volume_2d`` to keep them on the device (``output_device``) and scores them there.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def predict_volume_2d(
     *,
     device: torch.device | str | None = None,
     interpolation: str = "bilinear",
+    output_device: torch.device | str | None = "cpu",
 ) -> torch.Tensor:
     """Slice-wise probabilities of a ``(D, H, W)`` volume, returned as ``(C, D, H, W)``.
 
@@ -36,8 +38,10 @@ def predict_volume_2d(
     ``align_corners=False``: what MONAI ``Resized`` does to the training images), predicted
     ``batch_size`` slices per call on ``device`` (default: the device of ``predict_fn`` if it is
     a module, else CPU), and the probabilities resized back to ``(H, W)`` bilinearly.
+    The volume goes to ``device`` once; the result is assembled on ``output_device`` (default
+    CPU; ``None``: stay on ``device``, so scoring needs no copy back per batch of slices).
     """
-    vol = _as_volume(volume)
+    vol = as_volume(volume)
     size = _as_size(image_size, 2, "image_size")
     _check_positive_int(batch_size, "batch_size")
     if interpolation not in INTERPOLATION_MODES:
@@ -45,16 +49,19 @@ def predict_volume_2d(
             f"interpolation: expected one of {INTERPOLATION_MODES}, got {interpolation!r}"
         )
     dev = resolve_device(predict_fn, device)
+    target = dev if output_device is None else torch.device(output_device)
     depth, height, width = vol.shape
+    vol = to_device(vol, dev)  # one copy of the whole volume, not one per batch of slices
     out: torch.Tensor | None = None
     for start in range(0, depth, batch_size):
         with torch.inference_mode():
             probs = _predict_slices(
                 predict_fn, vol[start : start + batch_size], size, dev, interpolation, num_classes
             )
-            probs = _resize(probs, (height, width), "bilinear").permute(1, 0, 2, 3).cpu()
+            probs = _resize(probs, (height, width), "bilinear").permute(1, 0, 2, 3).to(target)
         if out is None:
-            out = torch.empty((probs.shape[0], depth, height, width), dtype=torch.float32)
+            shape = (probs.shape[0], depth, height, width)
+            out = torch.empty(shape, dtype=torch.float32, device=target)
             num_classes = probs.shape[0]
         out[:, start : start + probs.shape[1]] = probs
     if out is None:
@@ -83,7 +90,7 @@ def predict_volume_3d(
     ``patch_size=(112, 112, 80), stride=(18, 18, 4)``). ``patch_size`` uses the volume's axis
     order. Windows run on ``device``; the full-size output is accumulated on the CPU.
     """
-    vol = _as_volume(volume)
+    vol = as_volume(volume)
     patch = _as_size(patch_size, 3, "patch_size")
     _check_positive_int(batch_size, "batch_size")
     if overlap is not None and stride is not None:
@@ -130,13 +137,18 @@ def stride_to_overlap(patch_size: Sequence[int], stride: int | Sequence[int]) ->
 
 
 def probs_to_labels(probs: torch.Tensor | np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """Label map (uint8, ``probs.shape[1:]``) from class probabilities ``(C, ...)``.
+    """Label map (uint8 numpy, ``probs.shape[1:]``) from class probabilities ``(C, ...)``.
 
     Default: argmax over classes. With ``threshold`` (binary tasks, C = 2, or a single
     foreground channel, C = 1, where 0.5 is the default): foreground where its probability
     is ``> threshold``.
     """
-    p = torch.as_tensor(probs)
+    return label_map(torch.as_tensor(probs), threshold).cpu().numpy()
+
+
+def label_map(probs: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+    """``probs_to_labels`` as a uint8 tensor on the device of ``probs`` (no copy to the host)."""
+    p = probs
     if p.ndim < 2:
         raise ValueError(
             f"probs: expected (C, *spatial) class probabilities, got shape {tuple(p.shape)}"
@@ -151,8 +163,24 @@ def probs_to_labels(probs: torch.Tensor | np.ndarray, threshold: float | None = 
     else:
         if channels > 256:
             raise ValueError(f"probs: expected at most 256 classes, got {channels}")
-        labels = p.argmax(dim=0)
-    return labels.to(torch.uint8).cpu().numpy()
+        labels = p.argmax(dim=0) if p.device.type != "cpu" else _argmax_classes(p)
+    return labels.to(torch.uint8)
+
+
+def _argmax_classes(probs: torch.Tensor) -> torch.Tensor:
+    """``probs.argmax(0)`` as uint8, by one pass per class: on the CPU about 5x faster than a
+    reduction over the outermost, strided axis (ACDC volume: ~35 vs ~190 ms). Same result:
+    the first maximal class wins a tie; with a NaN anywhere ``argmax`` itself decides (a NaN
+    counts as the maximum there)."""
+    if not torch.isfinite(probs.sum()):  # one fast pass; a CPU tensor, so no device sync
+        return probs.argmax(0).to(torch.uint8)
+    best = probs[0]
+    labels = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+    for c in range(1, probs.shape[0]):
+        candidate = probs[c]
+        labels.masked_fill_(candidate > best, c)
+        best = torch.maximum(best, candidate)
+    return labels
 
 
 def ensemble_predict_fn(*fns: PredictFn) -> PredictFn:
@@ -166,6 +194,15 @@ def ensemble_predict_fn(*fns: PredictFn) -> PredictFn:
         return torch.stack([f(x) for f in fns]).mean(dim=0)
 
     return predict
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` on ``device``; a host tensor goes to a CUDA device through pinned memory,
+    asynchronously: a copy from pageable memory would wait for the device's queued work."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def resolve_device(predict_fn: PredictFn, device: torch.device | str | None) -> torch.device:
@@ -212,12 +249,13 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=align)
 
 
-def _as_volume(volume: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """A float32 CPU tensor (D, H, W), sharing memory with a float32 numpy input."""
+def as_volume(volume: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A float32 tensor (D, H, W), sharing memory with a float32 numpy input (on the CPU) or
+    left on the device of a tensor input (a volume already moved there is not copied back)."""
     vol = torch.as_tensor(volume)
     if vol.ndim != 3:
         raise ValueError(f"volume: expected a 3-D array (D, H, W), got shape {tuple(vol.shape)}")
-    return vol.to(dtype=torch.float32, device="cpu")
+    return vol.to(dtype=torch.float32)
 
 
 def _as_size(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:

@@ -69,23 +69,52 @@ def case_metrics(
     """
     pred_a, label_a = _check_label_maps(pred, label, num_classes)
     voxel = _check_spacing(spacing, pred_a.ndim)
-    names = foreground_names(num_classes, class_names)
-    intersection, pred_size, label_size = _overlap_counts(pred_a, label_a, num_classes)
+    counts = np.stack(_overlap_counts(pred_a, label_a, num_classes))
+    overlap = overlap_case_metrics(counts, num_classes, class_names)
     worst = volume_diagonal(pred_a.shape, voxel)
     result: CaseMetrics = {}
-    for c, name in enumerate(names, start=1):
-        overlap = _overlap_scores(intersection[c], pred_size[c], label_size[c])
-        if pred_size[c] and label_size[c]:
+    for c, (name, scores) in enumerate(overlap.items(), start=1):
+        if not (scores["pred_empty"] or scores["label_empty"]):
             distances = _distance_scores(pred_a == c, label_a == c, voxel)
         else:
-            distances = _empty_distances(pred_size[c] == 0, label_size[c] == 0, worst)
+            distances = _empty_distances(scores["pred_empty"], scores["label_empty"], worst)
         result[name] = {
-            **overlap,
+            "dice": scores["dice"],
+            "jaccard": scores["jaccard"],
             **distances,
+            "pred_empty": scores["pred_empty"],
+            "label_empty": scores["label_empty"],
+        }
+    return result
+
+
+def overlap_case_metrics(
+    counts: np.ndarray | torch.Tensor,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+) -> CaseMetrics:
+    """Dice, Jaccard and the empty flags of one volume, per foreground class, from its overlap
+    counts ``(3, num_classes)``: intersection, prediction size, reference size per class (as
+    ``overlap_metrics.overlap_counts`` makes them on the device). ``case_metrics`` without the
+    distances, by the same arithmetic and the same empty-mask policy, so validation can count
+    on the device and score here without moving label maps to the host."""
+    table = counts.detach().cpu().numpy() if isinstance(counts, torch.Tensor) else counts
+    table = np.asarray(table)
+    if table.shape != (3, num_classes):
+        raise ValueError(
+            f"counts: expected shape (3, {num_classes}) (intersection, prediction and "
+            f"reference sizes per class), got {table.shape}"
+        )
+    intersection, pred_size, label_size = table
+    names = foreground_names(num_classes, class_names)
+    return {
+        name: {
+            **_overlap_scores(intersection[c], pred_size[c], label_size[c]),
             "pred_empty": bool(pred_size[c] == 0),
             "label_empty": bool(label_size[c] == 0),
         }
-    return result
+        for c, name in enumerate(names, start=1)
+    }
 
 
 def aggregate(cases: Sequence[Mapping[str, Mapping[str, float | bool]]]) -> dict:
@@ -93,6 +122,8 @@ def aggregate(cases: Sequence[Mapping[str, Mapping[str, float | bool]]]) -> dict
 
     ``per_class`` also counts the volumes whose prediction / reference was empty for that class,
     so a report can tell a low mean caused by missed structures from one caused by poor overlap.
+    Cases scored without distances (``overlap_case_metrics``: validation between distance
+    rounds) summarise to Dice and Jaccard only; every case must carry the same metrics.
     """
     if len(cases) == 0:
         raise ValueError("cases: expected at least one case_metrics result, got none")
@@ -100,8 +131,14 @@ def aggregate(cases: Sequence[Mapping[str, Mapping[str, float | bool]]]) -> dict
     for i, case in enumerate(cases):
         if list(case) != names:
             raise ValueError(f"cases[{i}]: expected classes {names}, got {list(case)}")
-    per_class = {name: _class_summary([case[name] for case in cases]) for name in names}
-    mean = {m: float(np.mean([per_class[n][m] for n in names])) for m in METRIC_NAMES}
+    metrics = [m for m in METRIC_NAMES if names and m in cases[0][names[0]]]
+    for i, case in enumerate(cases):
+        for name in names:
+            missing = [m for m in metrics if m not in case[name]]
+            if missing:
+                raise ValueError(f"cases[{i}][{name!r}]: expected metrics {metrics}, no {missing}")
+    per_class = {name: _class_summary([case[name] for case in cases], metrics) for name in names}
+    mean = {m: float(np.mean([per_class[n][m] for n in names])) for m in metrics}
     return {"mean": mean, "per_class": per_class, "num_cases": len(cases)}
 
 
@@ -234,10 +271,12 @@ def _empty_distances(pred_empty: bool, label_empty: bool, worst: float) -> dict[
     return {"hd95": value, "asd": value}
 
 
-def _class_summary(values: Sequence[Mapping[str, float | bool]]) -> dict[str, float | int]:
+def _class_summary(
+    values: Sequence[Mapping[str, float | bool]], metrics: Sequence[str] = METRIC_NAMES
+) -> dict[str, float | int]:
     """Mean of each metric over volumes, and how many volumes had an empty mask."""
     summary: dict[str, float | int] = {
-        m: float(np.mean([float(v[m]) for v in values])) for m in METRIC_NAMES
+        m: float(np.mean([float(v[m]) for v in values])) for m in metrics
     }
     summary["num_pred_empty"] = int(sum(bool(v["pred_empty"]) for v in values))
     summary["num_label_empty"] = int(sum(bool(v["label_empty"]) for v in values))

@@ -39,6 +39,23 @@ def _label_maps(name: str, *maps: torch.Tensor) -> list[torch.Tensor]:
     return [m.long() for m in maps]
 
 
+def overlap_counts(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class intersection, prediction size and reference size, ``(3, num_classes)`` int64
+    on the device of the maps: the counts Dice and Jaccard are made of.
+
+    One scatter-add of the (label, pred) pairs into a confusion matrix: no per-class one-hot
+    tensors, and no host sync (CUDA bincount and boolean indexing read sizes back). Values
+    outside ``0..num_classes-1`` (an ignore index) go to an extra bin that is dropped."""
+    c = num_classes
+    pred, label = pred.long(), label.long()
+    valid = (label >= 0) & (label < c) & (pred >= 0) & (pred < c)
+    index = torch.where(valid, label * c + pred, c * c).flatten()
+    counts = torch.zeros(c * c + 1, dtype=torch.long, device=index.device)
+    counts.scatter_add_(0, index, torch.ones_like(index))
+    confusion = counts[:-1].view(c, c)  # [label, pred]
+    return torch.stack([confusion.diagonal(), confusion.sum(0), confusion.sum(1)])
+
+
 class ForegroundDice(Metric):
     """Mean over foreground classes ``1..C-1`` of the pooled Dice ``2 TP / (|P| + |T|)``.
 
@@ -63,18 +80,10 @@ class ForegroundDice(Metric):
     def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
         """Add a batch of label maps ``pred`` and references ``label`` (same shape)."""
         pred, label = _label_maps(type(self).__name__, pred, label)
-        c = self.num_classes
-        # the confusion matrix by one scatter-add of the (label, pred) pairs: no per-class one-hot
-        # tensors, and no host sync (CUDA bincount and boolean indexing read sizes back).
-        # Values outside 0..C-1 (an ignore index) go to an extra bin that is dropped.
-        valid = (label >= 0) & (label < c) & (pred >= 0) & (pred < c)
-        index = torch.where(valid, label * c + pred, c * c).flatten()
-        counts = torch.zeros(c * c + 1, dtype=torch.long, device=index.device)
-        counts.scatter_add_(0, index, torch.ones_like(index))
-        confusion = counts[:-1].view(c, c)
-        self.intersection += confusion.diagonal()
-        self.pred_size += confusion.sum(0)
-        self.label_size += confusion.sum(1)
+        counts = overlap_counts(pred, label, self.num_classes)
+        self.intersection += counts[0]
+        self.pred_size += counts[1]
+        self.label_size += counts[2]
 
     def compute(self) -> torch.Tensor:
         total = (self.pred_size + self.label_size)[1:].double()
@@ -132,7 +141,8 @@ class ErrorConsensus(Metric):
         pred_a, pred_b, label = _label_maps(type(self).__name__, pred_a, pred_b, label)
         error_a, error_b = pred_a != label, pred_b != label
         device = label.device
-        self.keys.append(torch.tensor([case_key(case)], dtype=torch.long, device=device))
+        # a fill on the device, not a copy from the host (which would wait for queued work)
+        self.keys.append(torch.full((1,), case_key(case), dtype=torch.long, device=device))
         self.shared.append((error_a & error_b).sum().view(1))
         self.errors.append((error_a.sum() + error_b.sum()).view(1))
 

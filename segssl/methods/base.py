@@ -9,7 +9,6 @@ from functools import partial
 from itertools import combinations
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
@@ -19,6 +18,12 @@ from torch import nn
 from segssl.evaluation.evaluator import VolumeEvaluator
 from segssl.evaluation.inference import ensemble_predict_fn
 from segssl.evaluation.overlap_metrics import Agreement, ErrorConsensus, ForegroundDice
+from segssl.models.speed import (
+    SPEED_KEYS,
+    channels_last_option,
+    compile_mode,
+    use_channels_last,
+)
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -46,7 +51,7 @@ def plain(value: Any, key: str = "method") -> Any:
 
 def build_network(config: Mapping[str, Any]) -> nn.Module:
     """A network from its config; ``channels_last`` and ``compile`` are options of ours."""
-    return instantiate({k: v for k, v in config.items() if k not in ("channels_last", "compile")})
+    return instantiate({k: v for k, v in config.items() if k not in SPEED_KEYS})
 
 
 def softmax_of(network: Callable[[torch.Tensor], torch.Tensor]) -> PredictFn:
@@ -108,9 +113,11 @@ class SegmentationMethod(pl.LightningModule):
                 f"{type(self).__name__}.selection_model={self.selection_model!r}: expected one "
                 f"of the models it evaluates {evaluated}"
             )
-        # speed options of the model config (model.channels_last, model.compile)
-        self.channels_last = bool(model.get("channels_last", False))
-        self.compile_networks = bool(model.get("compile", False))
+        # speed options of the model config (model.channels_last: true/false/auto,
+        # model.compile: false/true/a torch.compile mode); auto is resolved on the device
+        self.channels_last_option = channels_last_option(model.get("channels_last", False))
+        self.channels_last = self.channels_last_option is True
+        self.compile_mode = compile_mode(model.get("compile", False))
         self._compiled: dict[str, Callable] = {}
         self.num_classes, self.class_names = num_classes, list(class_names)
         self.evaluator = VolumeEvaluator(num_classes, self.class_names, **self.hparams.evaluation)
@@ -124,6 +131,8 @@ class SegmentationMethod(pl.LightningModule):
         self.consensus_pairs = {f"{a}-{b}": (a, b) for a, b in combinations(self.network_names, 2)}
         self.error_consensus = nn.ModuleDict({k: ErrorConsensus() for k in self.consensus_pairs})
         self.evaluation_results: dict[str, dict] = {}
+        # validations of this fit so far (sanity checks not counted): evaluation.distances_every
+        self.validations_run = 0
         # name under which test metrics are logged ("test_on_val" when the data has no test split)
         self.evaluation_stage = "test"
         # the run's resolved config, stored in checkpoints so `segssl test` needs no overrides
@@ -150,11 +159,23 @@ class SegmentationMethod(pl.LightningModule):
         return network(x)
 
     def on_fit_start(self) -> None:
+        self.channels_last = all(
+            use_channels_last(self.channels_last_option, net, self.device.type)
+            for net in self.networks.values()
+        )
         if self.channels_last:
             for network in self.networks.values():
                 network.to(memory_format=torch.channels_last)
-        if self.compile_networks and not self._compiled:
-            self._compiled = {name: torch.compile(net) for name, net in self.networks.items()}
+        if self.compile_mode and not self._compiled:
+            self._compiled = {
+                name: torch.compile(net, mode=self.compile_mode)
+                for name, net in self.networks.items()
+            }
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.compile_mode == "reduce-overhead":
+            # CUDA graphs: a new step may overwrite the buffers of the previous step's outputs
+            torch.compiler.cudagraph_mark_step_begin()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities of the selection model."""
@@ -215,32 +236,44 @@ class SegmentationMethod(pl.LightningModule):
 
     # -- evaluation --------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # the reference goes to the scoring device once per volume (Dice and error consensus
+        # both count there); the image once, inside the evaluator's prediction
+        where = self.evaluator.scoring_device(self.device)
+        sample = {**batch, "label": self.evaluator.reference(batch["label"], where)}
         self.evaluator.add_case(
             self.predict_fns(),
-            batch,
+            sample,
             self.device,
             self.ensembles(),
-            observe=partial(self._track_error_consensus, batch),
+            observe=partial(self._track_error_consensus, sample),
         )
 
     test_step = validation_step
 
-    def _track_error_consensus(self, sample: dict, labels: dict[str, np.ndarray]) -> None:
+    def _track_error_consensus(self, sample: dict, labels: dict[str, torch.Tensor]) -> None:
         """Count the overlap of each network pair's errors on one volume, on the device."""
         if not self.consensus_pairs:
             return
-        reference = torch.as_tensor(np.asarray(sample["label"]), device=self.device)
-        maps = {n: torch.as_tensor(m, device=self.device) for n, m in labels.items()}
+        reference = torch.as_tensor(sample["label"]).to(self.device)  # already there in 2-D
+        maps = {n: torch.as_tensor(m).to(self.device) for n, m in labels.items()}
         for key, (a, b) in self.consensus_pairs.items():
             if a in maps and b in maps:
                 self.error_consensus[key].update(maps[a], maps[b], reference, str(sample["case"]))
 
     def on_validation_epoch_start(self) -> None:
-        self.evaluator.reset()
+        # HD95/ASD (host distance transforms) only at every evaluation.distances_every-th
+        # validation of this fit; the others score Dice on the device (selection needs only it)
+        if not self.trainer.sanity_checking:
+            self.validations_run += 1
+        self._start_evaluation(self.evaluator.distances_due(self.validations_run))
+
+    def on_test_epoch_start(self) -> None:
+        self._start_evaluation(distances=True)  # test metrics always include HD95 and ASD
+
+    def _start_evaluation(self, distances: bool) -> None:
+        self.evaluator.reset(distances=distances)
         for metric in self.error_consensus.values():
             metric.reset()
-
-    on_test_epoch_start = on_validation_epoch_start
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val")

@@ -28,7 +28,9 @@ def soft_dice_loss(
         smooth: added to numerator and denominator (BCP 1e-10, SSL4MIS and UniMatch 1e-5).
     """
     probs = probs.float()
-    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    # one-hot by comparison (F.one_hot reads the labels' range back on some devices)
+    classes = torch.arange(probs.shape[1], device=target.device).view(1, -1, 1, 1)
+    onehot = (target.long()[:, None] == classes).to(probs.dtype)
     w = torch.ones_like(probs[:, :1]) if weight is None else weight.to(probs).expand_as(target)
     w = w.reshape(target.shape[0], 1, *target.shape[1:])
     dims = (0, 2, 3)

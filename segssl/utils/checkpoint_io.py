@@ -6,13 +6,15 @@
 - ``RunCheckpoint`` is Lightning's ``ModelCheckpoint`` with tracking that belongs to the run
   folder: paths are stored by name (a moved or copied run folder keeps its best checkpoints),
   a tracked checkpoint that no longer reads back is dropped with a warning (the next-best
-  stays selectable), and ``last.ckpt`` is written at every validation."""
+  stays selectable), and ``last.ckpt`` is written at every validation (unless
+  ``last_every_validation=false``: fast GPU runs that resume from a time-based ``latest.ckpt``)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +81,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose tracking lives in the run folder (see the module docstring)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        *args: Any,
+        train_time_interval: float | timedelta | None = None,
+        last_every_validation: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """``train_time_interval`` may be seconds (a number in a YAML file) or a timedelta.
+        ``last_every_validation=false`` keeps ``last.ckpt`` to the end of training (and to
+        Lightning's own writes beside a new best), for runs that validate every few seconds
+        and resume from a time-based ``latest.ckpt`` instead."""
+        if isinstance(train_time_interval, int | float) and not isinstance(
+            train_time_interval, bool
+        ):
+            if train_time_interval <= 0:
+                raise ValueError(
+                    f"train_time_interval={train_time_interval!r}: expected seconds > 0 or null"
+                )
+            train_time_interval = timedelta(seconds=train_time_interval)
+        super().__init__(*args, train_time_interval=train_time_interval, **kwargs)
+        self.last_every_validation = bool(last_every_validation)
         self._last_written_step = -1
         # tracked checkpoints dropped because they no longer read back, with their scores
         self.dropped: dict[str, float] = {}
@@ -133,6 +154,13 @@ class RunCheckpoint(ModelCheckpoint):
             self._update_best_from_tracked()
         self.current_score = state_dict.get("current_score")
         self.last_model_path = local(state_dict.get("last_model_path"))
+        if not self.last_model_path and self.save_last and here is not None:
+            # a checkpoint written before the first last.ckpt (a best one of the first
+            # validation, an early latest.ckpt) names none: the run's last.ckpt is still this
+            # branch's, so it is overwritten rather than joined by a last-v1.ckpt
+            name = self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION
+            if "{" not in name:
+                self.last_model_path = str(here / name)
 
     def _update_best_from_tracked(self) -> None:
         """best / k-th best from ``best_k_models`` (after checkpoints were dropped)."""
@@ -185,6 +213,7 @@ class RunCheckpoint(ModelCheckpoint):
         fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
         if (
             self.save_last
+            and self.last_every_validation
             and fitting
             and not trainer.fast_dev_run
             and self._last_written_step != trainer.global_step
