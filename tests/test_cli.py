@@ -76,3 +76,17 @@ def test_train_checks_run_before_hydra_and_skip_in_ddp_children(tmp_path, monkey
     assert not missing.exists()
     monkeypatch.setenv("LOCAL_RANK", "1")  # the parent checked and owns the folder
     assert check_before_hydra([f"resume={missing}"]) == [f"resume={missing}"]
+
+
+def test_verbose_is_taken_off_the_overrides_and_passed_to_ddp_children(monkeypatch):
+    from segssl.cli import VERBOSE_ENV, take_verbose
+
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert take_verbose(["seed=1", "--verbose"]) == (True, ["seed=1"])
+    assert take_verbose(["seed=1"]) == (False, ["seed=1"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # Hydra's own switch counts
+    assert take_verbose(["seed=1"]) == (True, ["seed=1"])
+    # a DDP child inherits the HYDRA_FULL_ERROR=1 its parent set for Hydra: the parent's choice
+    monkeypatch.setenv(VERBOSE_ENV, "0")
+    assert take_verbose(["seed=1"]) == (False, ["seed=1"])

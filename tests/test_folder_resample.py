@@ -179,7 +179,7 @@ def test_trained_run_predicts_masks_on_the_inputs_own_grid(run_task, cases, tmp_
 
     manifest = predict_files(checkpoint, tmp_path / "scan.nii.gz", tmp_path / "out")
 
-    out = nib.load(tmp_path / "out" / "scan_pred.nii.gz")
+    out = nib.load(tmp_path / "out" / "scan.nii.gz")
     labels = np.asarray(out.dataobj)
     assert labels.shape == volume.shape and labels.dtype == np.uint8
     np.testing.assert_allclose(out.affine, affine)

@@ -74,11 +74,12 @@ def test_one_corrupt_input_is_recorded_and_the_others_are_predicted(
 
     manifest = json.loads((out / "predictions.json").read_text())
     assert manifest["status"] == "partial"
-    assert [Path(p["output"]).name for p in manifest["predictions"]] == ["a_pred.png", "c_pred.png"]
+    assert [Path(p["output"]).name for p in manifest["predictions"]] == ["a.png", "c.png"]
     assert [Path(f["input"]).name for f in manifest["failed"]] == ["b.png"]
     assert "b.png" in manifest["failed"][0]["error"]
-    assert sorted(p.name for p in out.iterdir()) == ["a_pred.png", "c_pred.png", "predictions.json"]
-    assert np.asarray(Image.open(out / "c_pred.png")).shape == (20, 16)
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["a.png", "c.png", "overlays", "predictions.json"]
+    assert np.asarray(Image.open(out / "c.png")).shape == (20, 16)
 
 
 def test_partial_predict_exits_non_zero_on_the_command_line(

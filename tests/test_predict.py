@@ -18,6 +18,7 @@ from segssl.commands.predict import model_predict_fn, predict_files
 from segssl.data.readers import DataError
 from segssl.evaluation.inference import probs_to_labels
 from segssl.methods import CrossPseudoSupervision
+from segssl.utils.settings_check import SettingsError
 from tests.conftest import TINY, compose_config, save_as_lightning
 
 
@@ -65,7 +66,7 @@ def test_nifti_volume_keeps_its_geometry_and_is_sliced_along_z(checkpoint, metho
 
     manifest = predict_files(checkpoint, tmp_path / "case1.nii.gz", tmp_path / "out")
 
-    out = nib.load(tmp_path / "out" / "case1_pred.nii.gz")
+    out = nib.load(tmp_path / "out" / "case1.nii.gz")  # named like its input
     labels = np.asarray(out.dataobj)
     assert labels.shape == volume.shape and labels.dtype == np.uint8
     assert labels.max() < 4
@@ -82,7 +83,7 @@ def test_nifti_volume_keeps_its_geometry_and_is_sliced_along_z(checkpoint, metho
     stored = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert stored["checkpoint"] == str(checkpoint.resolve())
     assert [p["output"] for p in stored["predictions"]] == [
-        str((tmp_path / "out" / "case1_pred.nii.gz").resolve())
+        str((tmp_path / "out" / "case1.nii.gz").resolve())
     ]
 
 
@@ -99,11 +100,11 @@ def test_folder_of_h5_and_png_with_a_chosen_network(checkpoint, method, tmp_path
 
     manifest = predict_files(checkpoint, inputs, tmp_path / "out", model="net1")
 
-    with h5py.File(tmp_path / "out" / "patient9_frame01_pred.h5") as f:
+    with h5py.File(tmp_path / "out" / "patient9_frame01.h5") as f:
         h5_labels = f["label"][()]
     assert h5_labels.shape == (3, 32, 30) and h5_labels.dtype == np.uint8
     np.testing.assert_array_equal(h5_labels, expected_labels(method, h5_image, "net1"))
-    png_labels = np.asarray(Image.open(tmp_path / "out" / "slice_pred.png"))
+    png_labels = np.asarray(Image.open(tmp_path / "out" / "slice.png"))
     assert png_labels.shape == (30, 28) and png_labels.dtype == np.uint8
     np.testing.assert_array_equal(png_labels, expected_labels(method, minmax(png)[None], "net1")[0])
     assert manifest["model"] == "net1"
@@ -118,12 +119,12 @@ def test_refuses_to_overwrite_and_names_the_files(checkpoint, tmp_path):
     Image.fromarray(png).save(tmp_path / "a.png")
     out = tmp_path / "out"
     predict_files(checkpoint, tmp_path / "a.png", out)
-    (out / "a_pred.png").write_bytes(b"keep me")
-    with pytest.raises(FileExistsError, match=r"a_pred\.png.*predictions\.json.*overwrite=true"):
+    (out / "a.png").write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match=r"a\.png.*predictions\.json.*overwrite=true"):
         predict_files(checkpoint, tmp_path / "a.png", out)
-    assert (out / "a_pred.png").read_bytes() == b"keep me"
+    assert (out / "a.png").read_bytes() == b"keep me"
     predict_files(checkpoint, tmp_path / "a.png", out, overwrite=True)
-    assert np.asarray(Image.open(out / "a_pred.png")).shape == (24, 20)
+    assert np.asarray(Image.open(out / "a.png")).shape == (24, 20)
 
 
 def test_bad_requests_fail_clearly(checkpoint, tmp_path):
@@ -155,7 +156,7 @@ def test_3d_model_reads_nifti_axes_as_they_are_and_zscores(tmp_path):
 
     manifest = predict_files(tmp_path / "la.ckpt", tmp_path / "la.nii", tmp_path / "out")
 
-    labels = np.asarray(nib.load(tmp_path / "out" / "la_pred.nii.gz").dataobj)
+    labels = np.asarray(nib.load(tmp_path / "out" / "la.nii").dataobj)  # .nii stays .nii
     zscored = (volume - volume.astype(np.float64).mean()) / volume.std(dtype=np.float64)
     direct = expected_labels(method.eval(), zscored.astype(np.float32))
     np.testing.assert_array_equal(labels, direct)
@@ -174,4 +175,110 @@ def test_predict_command_line(checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["predict", f"ckpt_path={checkpoint}", "input=x.png", "output=masks", "model_name=net2"])
     manifest = json.loads((tmp_path / "masks" / "predictions.json").read_text())
-    assert manifest["model"] == "net2" and (tmp_path / "masks" / "x_pred.png").is_file()
+    assert manifest["model"] == "net2" and (tmp_path / "masks" / "x.png").is_file()
+    assert (tmp_path / "masks" / "overlays" / "x_overlay.png").is_file()
+
+
+# -- issue 24: masks named like their inputs, in a folder of their own; overlays of 2-D masks ---
+def test_masks_are_named_like_their_inputs_as_nnunet_names_them(checkpoint, tmp_path):
+    inputs = tmp_path / "imagesTs"
+    inputs.mkdir()
+    rng = np.random.default_rng(5)
+    for name in ("case_001_0000.nii.gz", "case_002.nii.gz", "scan.nii"):
+        volume = (100 + 30 * rng.normal(size=(20, 18, 3))).astype(np.float32)
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), inputs / name)
+
+    manifest = predict_files(checkpoint, inputs, tmp_path / "labelsTs")
+
+    # nnU-Net's channel suffix dropped: the names of the cases' masks in labelsTr
+    names = ["case_001.nii.gz", "case_002.nii.gz", "scan.nii", "predictions.json"]
+    assert sorted(p.name for p in (tmp_path / "labelsTs").iterdir()) == sorted(names)
+    assert [Path(p["output"]).name for p in manifest["predictions"]] == names[:3]
+    assert nib.load(tmp_path / "labelsTs" / "scan.nii").shape == (20, 18, 3)
+    assert "overlay" not in manifest["predictions"][0]  # 3-D masks get none
+
+
+def test_a_png_mask_keeps_label_values_and_gets_a_colour_overlay(checkpoint, method, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    ramp = np.add.outer(np.arange(32), np.arange(28)).astype(np.float64)
+    png = (255 * ramp / ramp.max()).astype(np.uint8)
+    Image.fromarray(png).save(inputs / "slice_07.png")
+    out = tmp_path / "masks"
+
+    manifest = predict_files(checkpoint, inputs / "slice_07.png", out)
+
+    mask = np.asarray(Image.open(out / "slice_07.png"))
+    labels = expected_labels(method, minmax(png)[None])[0]
+    np.testing.assert_array_equal(mask, labels)  # class indices, not colours (nnU-Net, ITK)
+    assert mask.max() < 4
+    overlay_file = out / "overlays" / "slice_07_overlay.png"
+    assert manifest["predictions"][0]["overlay"] == str(overlay_file.resolve())
+    overlay = np.asarray(Image.open(overlay_file)).astype(int)
+    assert overlay.shape == (32, 28, 3)
+    grey = overlay[..., 0] == overlay[..., 1]
+    grey &= overlay[..., 1] == overlay[..., 2]
+    # background shows the image in grey; every labelled pixel is coloured
+    assert grey[labels == 0].all()
+    np.testing.assert_allclose(overlay[labels == 0][:, 0], png[labels == 0], atol=1)
+    if (labels > 0).any():
+        assert not grey[labels > 0].any()
+    # no overlays when switched off, and none for other formats
+    predict_files(checkpoint, inputs / "slice_07.png", tmp_path / "plain", overlays=False)
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == [
+        "predictions.json",
+        "slice_07.png",
+    ]
+
+
+def test_the_overlay_colours_each_class(tmp_path):
+    from segssl.commands.predict import OVERLAY_ALPHA, OVERLAY_COLOURS, write_overlay
+    from segssl.data.image_io import InputImage
+
+    volume = np.full((1, 4, 6), 0.5, np.float32)
+    volume[0, 0, 0] = 0.0
+    volume[0, 0, 1] = 1.0
+    labels = np.zeros((1, 4, 6), np.uint8)
+    labels[0, 1, :2], labels[0, 2, :2], labels[0, 3, :2] = 1, 2, 3
+    image = InputImage(tmp_path / "x.png", "png", volume, (4, 6), (0, 1, 2), "minmax")
+    write_overlay(image, labels, tmp_path / "o.png")
+    rgb = np.asarray(Image.open(tmp_path / "o.png")).astype(float)
+    for label in (1, 2, 3):
+        expected = (1 - OVERLAY_ALPHA) * 127.5 + OVERLAY_ALPHA * OVERLAY_COLOURS[label - 1]
+        np.testing.assert_allclose(rgb[label, 0], expected, atol=1)
+    assert len({tuple(rgb[label, 0]) for label in (1, 2, 3)}) == 3
+
+
+def test_refuses_to_write_into_the_input_folder(checkpoint, tmp_path):
+    png = np.arange(24 * 20, dtype=np.uint8).reshape(24, 20)
+    Image.fromarray(png).save(tmp_path / "a.png")
+    before = (tmp_path / "a.png").read_bytes()
+    for overwrite in (False, True):  # overwrite=true replaces earlier masks, never an input
+        with pytest.raises(SettingsError, match=r"output=.*holds the inputs.*output=DIR"):
+            predict_files(checkpoint, tmp_path / "a.png", tmp_path, overwrite=overwrite)
+        with pytest.raises(SettingsError, match="holds the inputs"):
+            predict_files(checkpoint, [tmp_path / "a.png"], tmp_path / "." / "x" / "..")
+    assert (tmp_path / "a.png").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_two_inputs_with_one_mask_name_are_refused(checkpoint, tmp_path):
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(
+            tmp_path / folder / "a.png"
+        )
+    with pytest.raises(DataError, match=r"would both write .*a\.png"):
+        predict_files(checkpoint, [tmp_path / "one", tmp_path / "two"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_overlay_is_not_overwritten(checkpoint, tmp_path):
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(tmp_path / "a.png")
+    overlays = tmp_path / "out" / "overlays"
+    overlays.mkdir(parents=True)
+    (overlays / "a_overlay.png").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match=r"a_overlay\.png.*overwrite=true"):
+        predict_files(checkpoint, tmp_path / "a.png", tmp_path / "out")
+    assert (overlays / "a_overlay.png").read_bytes() == b"mine"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["overlays"]

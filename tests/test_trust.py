@@ -389,7 +389,7 @@ def test_the_same_checkpoint_uncrafted_is_tested_and_predicted(checkpoint, image
         assert mode == 0o666 & ~umask, name
     manifest = predict_files(checkpoint, image, tmp_path / "masks")
     assert manifest["status"] == "complete" and manifest["failed"] == []
-    assert np.asarray(Image.open(tmp_path / "masks" / "input_pred.png")).shape == (24, 20)
+    assert np.asarray(Image.open(tmp_path / "masks" / "input.png")).shape == (24, 20)
 
 
 def test_weights_of_another_model_are_a_clear_error(checkpoint, image, tmp_path):

@@ -1,8 +1,12 @@
 """The ``predict`` command: label maps for new images from a checkpoint alone.
 
+Each mask is named like its input (nnU-Net's convention: ``case_0000.nii.gz`` gives
+``case.nii.gz``) in an output folder of its own; a 2-D PNG mask keeps class indices as its
+values and gets a colour overlay in ``overlays/`` to look at.
+
 The method, networks and inference protocol come from the checkpoint (its stored config names
 the class; no data paths are needed, so a checkpoint from another machine works). How a file
-becomes model input follows the training data's layout (``input_protocol``); README
+becomes model input follows the training data's layout (``Layout.input_protocol``); README
 "Predicting masks" has the table.
 
 A folder with an unreadable input is handled as batch tools (nnU-Net, MONAI bundles) are used:
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,19 +32,44 @@ from omegaconf import DictConfig, OmegaConf
 from segssl.data.image_io import (
     InputImage,
     InputProtocol,
+    image_kind,
     list_inputs,
-    output_name,
     read_input,
     write_labels,
 )
+from segssl.data.layouts import LAYOUTS
+from segssl.data.readers import DataError
 from segssl.evaluation.checkpoints import build_method, read_checkpoint
 from segssl.evaluation.inference import ensemble_predict_fn, probs_to_labels
 from segssl.methods.base import PredictFn, SegmentationMethod
 from segssl.utils.atomic import WriteError, atomic_path, write_text
+from segssl.utils.settings_check import SettingsError
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "predictions.json"
+# colour overlays of 2-D PNG masks, in a folder of their own so the output folder holds masks only
+OVERLAYS = "overlays"
+OVERLAY_SUFFIX = "_overlay.png"
+# nnU-Net names a case's single-channel image <case>_0000.nii.gz and its mask <case>.nii.gz
+NNUNET_CHANNEL = "_0000"
+# class colours of the overlays (class 1 first; repeated past the tenth), alpha-blended
+OVERLAY_COLOURS = np.array(
+    [
+        (230, 25, 75),
+        (60, 180, 75),
+        (0, 130, 200),
+        (255, 225, 25),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (250, 190, 190),
+    ],
+    dtype=np.float64,
+)
+OVERLAY_ALPHA = 0.45
 
 
 class PartialPredictionError(RuntimeError):
@@ -70,6 +100,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             normalize=cfg.get("normalize"),
             axes=None if axes is None else [int(a) for a in axes],
             overwrite=bool(cfg.get("overwrite", False)),
+            overlays=bool(cfg.get("overlays", True)),
             device=cfg.get("device", "auto"),
             accepted=accept_run_folder,
         )
@@ -84,12 +115,15 @@ def predict_files(
     normalize: str | None = None,
     axes: list[int] | None = None,
     overwrite: bool = False,
+    overlays: bool = True,
     device: str = "auto",
     accepted: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Predict every input with the checkpoint's ``model`` (default: its selection model), write
-    ``<name>_pred.*`` and ``predictions.json`` into ``output_dir``; return that manifest.
-    ``accepted`` is called once everything is checked, before the first file is written."""
+    each mask under the input's own name (``mask_name``) and ``predictions.json`` into
+    ``output_dir``, which must not be an input's folder; with ``overlays``, a colour overlay
+    of each PNG mask in ``output_dir/overlays/``. Returns the manifest. ``accepted`` is called
+    once everything is checked, before the first file is written."""
     checkpoint = read_checkpoint(ckpt_path)  # data only, allow-listed before it is built
     run = checkpoint.config
     method = build_method(checkpoint)
@@ -97,7 +131,7 @@ def predict_files(
     protocol = input_protocol(run, method, normalize, axes)
     files = list_inputs(inputs)
     out = Path(output_dir).expanduser()
-    targets = plan_outputs(files, out, overwrite)
+    targets = plan_outputs(files, out, overwrite, overlays)
     if accepted is not None:
         accepted()
 
@@ -110,6 +144,9 @@ def predict_files(
             probs = method.evaluator.predict(predict_fn, image.volume, dev)
             labels = probs_to_labels(probs, method.evaluator.threshold)
             write_prediction(image, labels, target)
+            overlay = overlay_path(target) if overlays and image.kind == "png" else None
+            if overlay is not None:
+                write_overlay(image, labels, overlay)
         except (WriteError, KeyboardInterrupt):
             raise  # a full disk or read-only output fails every input alike: stop now
         except Exception as err:  # noqa: BLE001 - one bad input must not lose the others
@@ -127,6 +164,8 @@ def predict_files(
             "model_axes": list(image.axes),
             "normalize": image.normalize,
         }
+        if overlay is not None:
+            item["overlay"] = str(overlay.resolve())
         if image.grid_shape is not None:  # resampled to the training spacing, and back
             item["model_shape"] = list(image.volume.shape)
         elif protocol.target_spacing is not None and image.kind != "nifti":
@@ -191,6 +230,26 @@ def write_prediction(image: InputImage, labels: np.ndarray, target: Path) -> Non
         write_labels(image, labels, tmp)
 
 
+def write_overlay(image: InputImage, labels: np.ndarray, target: Path) -> None:
+    """A colour PNG of a 2-D mask over its image, for looking at: the mask itself keeps class
+    indices 0..C-1 (nnU-Net's and ITK's convention), which image viewers show as near black.
+    The image is shown min-max scaled to grey, each class in its ``OVERLAY_COLOURS`` colour."""
+    from PIL import Image
+
+    grey = image.volume[0].astype(np.float64)
+    low, high = float(grey.min()), float(grey.max())
+    grey = (grey - low) / (high - low) if high > low else np.zeros_like(grey)
+    rgb = np.repeat(grey[..., None] * 255.0, 3, axis=-1)
+    mask = labels[0]
+    for label in np.unique(mask[mask > 0]):
+        colour = OVERLAY_COLOURS[(int(label) - 1) % len(OVERLAY_COLOURS)]
+        where = mask == label
+        rgb[where] = (1 - OVERLAY_ALPHA) * rgb[where] + OVERLAY_ALPHA * colour
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target, suffix=".tmp.png") as tmp:
+        Image.fromarray(np.round(rgb).astype(np.uint8), mode="RGB").save(tmp)
+
+
 def model_predict_fn(method: SegmentationMethod, model: str | None) -> tuple[str, PredictFn]:
     """The named model's probabilities: a network, or an ensemble of the method's networks."""
     fns, ensembles = method.predict_fns(), method.ensembles()
@@ -199,7 +258,7 @@ def model_predict_fn(method: SegmentationMethod, model: str | None) -> tuple[str
         return name, ensemble_predict_fn(*(fns[m] for m in ensembles[name]))
     if name in fns:
         return name, fns[name]
-    raise ValueError(
+    raise SettingsError(
         f"model_name={name!r}: this checkpoint's {type(method).__name__} has the models "
         f"{sorted([*fns, *ensembles])}"
     )
@@ -211,65 +270,78 @@ def input_protocol(
     normalize: str | None = None,
     axes: list[int] | None = None,
 ) -> InputProtocol:
-    """Model input as the training data was read, by its layout (``data.layout``):
-
-    - ``ssl4mis`` (ACDC, synthetic): min-max to [0, 1] per volume; NIfTI (x, y, z) is read as
-      (z, y, x), slices along z, the order of ``prepare_acdc``; h5 volumes (D, H, W) as stored.
-    - ``uamt`` (LA): z-score per volume; NIfTI and h5 axes as they are (UA-MT's (H, W, D)).
-    - ``folder``: its ``normalize`` setting (``ct`` with its ``intensity`` numbers); 2-D models
-      slice along its ``slice_axis``; NIfTI input is resampled to its ``target_spacing``.
-
-    h5 files of the SSL4MIS and UA-MT layouts are stored already normalised, so they are used
-    as stored. ``normalize`` and ``axes`` (NIfTI axes taken as D, H, W) override the defaults.
-    """
+    """Model input as the training data was read: its layout's ``input_protocol``
+    (``data.layout`` and ``data.layout_options`` of the run) for the model's dimensions.
+    ``normalize`` and ``axes`` (NIfTI axes taken as D, H, W) override what it gives; a layout
+    this version does not know needs both."""
     data = run.get("data") or {}
     layout = data.get("layout", "ssl4mis")
-    options = data.get("layout_options") or {}
     dims = 2 if method.evaluator.mode == "slices" else 3
-    defaults = {
-        "ssl4mis": ("minmax", "none", (2, 1, 0)),
-        "uamt": ("zscore", "none", (0, 1, 2)),
-    }
-    target_spacing = intensity = None
-    if layout == "folder":
-        slice_axis = int(options.get("slice_axis", 2))
-        order = (slice_axis, *(a for a in range(3) if a != slice_axis))
-        how = options.get("normalize", "zscore")
-        defaults["folder"] = (how, how, order)
-        target_spacing = options.get("target_spacing")
-        intensity = options.get("intensity")
-    if layout not in defaults and (normalize is None or axes is None):
+    if layout in LAYOUTS:
+        protocol = LAYOUTS[layout].input_protocol(data.get("layout_options") or {}, dims)
+    elif normalize is None or axes is None:
         raise ValueError(
             f"the checkpoint's data.layout={layout!r} has no known input protocol; give "
             f"normalize=minmax|zscore|none and axes=[d,h,w] (NIfTI axes as the model's D, H, W)"
         )
-    nifti_how, h5_how, order = defaults.get(layout, ("none", "none", (0, 1, 2)))
-    if dims == 3:
-        order = (0, 1, 2)
-    return InputProtocol(
-        dims=dims,
-        normalize=normalize or nifti_how,
-        h5_normalize=normalize or h5_how,
-        nifti_axes=tuple(axes) if axes is not None else order,
-        target_spacing=target_spacing,
-        intensity=intensity,
+    else:
+        protocol = InputProtocol(dims, normalize, normalize, (0, 1, 2))
+    return replace(
+        protocol,
+        normalize=normalize or protocol.normalize,
+        h5_normalize=normalize or protocol.h5_normalize,
+        nifti_axes=tuple(axes) if axes is not None else protocol.nifti_axes,
     )
 
 
-def plan_outputs(files: list[Path], out: Path, overwrite: bool) -> list[Path]:
-    """Output paths, refusing name clashes and (unless ``overwrite``) existing files."""
-    targets = [out / output_name(p) for p in files]
+def mask_name(path: Path) -> str:
+    """The mask's file name: the input's own (``case.nii.gz`` -> ``case.nii.gz``), as nnU-Net
+    names its predictions; nnU-Net's channel suffix is dropped (``case_0000.nii.gz`` ->
+    ``case.nii.gz``, the name of the case's mask in ``labelsTr``)."""
+    name = path.name
+    if image_kind(path) == "nifti":
+        suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else ".nii"
+        stem = name[: -len(suffix)]
+        if stem.endswith(NNUNET_CHANNEL) and len(stem) > len(NNUNET_CHANNEL):
+            return stem[: -len(NNUNET_CHANNEL)] + name[-len(suffix) :]
+    return name
+
+
+def overlay_path(target: Path) -> Path:
+    """Where the colour overlay of the PNG mask ``target`` goes."""
+    return target.parent / OVERLAYS / f"{target.stem}{OVERLAY_SUFFIX}"
+
+
+def plan_outputs(
+    files: list[Path], out: Path, overwrite: bool, overlays: bool = False
+) -> list[Path]:
+    """Output paths, refusing an output folder that holds inputs (a mask carries its input's
+    name, so it would replace it), name clashes and (unless ``overwrite``) existing files."""
+    folders = {p.resolve().parent for p in files}
+    if out.resolve() in folders:
+        raise SettingsError(
+            f"output={out}: this folder holds the inputs, and each mask is named like its input; "
+            "give output=DIR, a folder of its own (e.g. output=masks)"
+        )
+    targets = [out / mask_name(p) for p in files]
     seen: dict[Path, Path] = {}
     for path, target in zip(files, targets, strict=True):
         if target in seen:
-            raise ValueError(f"inputs {seen[target]} and {path} would both write {target}")
+            raise DataError(
+                f"inputs {seen[target]} and {path} would both write {target}; predict them into "
+                "separate output folders"
+            )
         seen[target] = path
-    existing = [t for t in [*targets, out / MANIFEST] if t.exists()]
+    extra = [out / MANIFEST]
+    if overlays:
+        extra += [overlay_path(t) for t in targets if image_kind(t) == "png"]
+    existing = [t for t in [*targets, *extra] if t.exists()]
     if existing and not overwrite:
         shown = ", ".join(str(p) for p in existing[:5])
         more = f" and {len(existing) - 5} more" if len(existing) > 5 else ""
         raise FileExistsError(
-            f"output files exist: {shown}{more}; pass overwrite=true to replace them"
+            f"output files exist: {shown}{more}; pass overwrite=true to replace them, or give "
+            "another output=DIR"
         )
     return targets
 

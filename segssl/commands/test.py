@@ -66,7 +66,7 @@ def check_split(datamodule: Any, split: str) -> None:
     dims=2) has slices, not volumes, in its ``train`` split, so ``split=train`` is refused
     there, before the model is built; layouts that train on volumes evaluate it as any split."""
     layout = datamodule.layout
-    if split == "train" and getattr(layout, "train_ndim", 3) != 3:
+    if split == "train" and layout.train_ndim != 3:
         raise DataError(
             f"split=train: data.layout={datamodule.layout_name!r} trains on 2-D slices and "
             f"`segssl test` evaluates whole volumes; use split=val or split=test"

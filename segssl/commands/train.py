@@ -37,7 +37,7 @@ from segssl.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from segssl.utils.loggers import run_hyperparameters
 from segssl.utils.run import resolved_config, save_evaluation
 from segssl.utils.run_lock import RunFolderError, RunLock, explicit_run_dir, refuse_reuse
-from segssl.utils.settings_check import check_training_settings
+from segssl.utils.settings_check import SettingsError, check_training_settings
 from segssl.utils.signals import install_stop_handlers
 from segssl.utils.trust import UntrustedInputError
 
@@ -69,7 +69,7 @@ def build_data_and_method(cfg: DictConfig) -> tuple[SemiSupervisedDataModule, Se
     datamodule.setup("fit")
     method: SegmentationMethod = instantiate(cfg.method)
     if method.uses_unlabeled and not datamodule.use_unlabeled:
-        raise ValueError(
+        raise SettingsError(
             f"method {type(method).__name__} trains on unlabeled data but data.use_unlabeled=false"
         )
     return datamodule, method
