@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         load(command.entry)(rest)
         return
     from segssl.commands.hydra_app import check_hydra_overrides, hydra_command, search_path_override
+    from segssl.utils.quiet import silence_known_noise
 
+    silence_known_noise()  # harmless library warnings and tips, each listed with its reason
     verbose, rest = take_verbose(rest)
 
     if not child:  # Lightning gives its children hydra.output_subdir=null: they write nothing

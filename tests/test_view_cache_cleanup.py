@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from segssl.data.view_cache import load_or_build
+from segssl.data.view_cache import CACHE_FORMAT, open_or_build
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ BUILD = """
 import sys
 import numpy as np
 from pathlib import Path
-from segssl.data.view_cache import load_or_build
+from segssl.data.view_cache import open_or_build
 import tests.test_view_cache_cleanup as helpers
 
 helpers.SECONDS_PER_IMAGE = 60.0  # longer than the test waits: only a kill ends a worker
@@ -40,8 +40,8 @@ if sys.argv[2] == "handlers":  # as train does
     from segssl.utils.signals import install_stop_handlers
 
     install_stop_handlers()
-items = [{"case": f"c{i}", "image": np.full((8, 8), i, np.float32)} for i in range(200)]
-load_or_build(Path(sys.argv[1]), "key", items, helpers.slow_views, num_workers=2)
+images = {f"c{i}": np.full((8, 8), i, np.float32) for i in range(200)}
+open_or_build(Path(sys.argv[1]), "key", list(images), images.__getitem__, helpers.slow_views, 2)
 """
 
 
@@ -135,28 +135,34 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_build(tmp_path):
     )
     orphan = Path(writer.stdout.readline().strip())
     # a live writer's temporary is left alone
-    items = [{"case": f"c{i}", "image": np.full((4, 4), i, np.float32)} for i in range(3)]
-    load_or_build(cache, "other", items, lambda im: {"max": im}, num_workers=1)
+    images = {f"c{i}": np.full((4, 4), i, np.float32) for i in range(3)}
+    open_or_build(cache, "other", list(images), images.get, lambda im: {"max": im}, 1)
     assert orphan.is_file()
     writer.send_signal(signal.SIGKILL)
     writer.wait()
     assert orphan.is_file()  # what a killed write leaves behind
 
-    views = load_or_build(cache, "key", items, lambda im: {"max": im * 2}, num_workers=1)
+    views = open_or_build(cache, "key", list(images), images.get, lambda im: {"max": im * 2}, 1)
     assert not orphan.exists()
     assert sorted(p.name for p in cache.iterdir()) == ["key.h5", "other.h5"]
-    assert [v["max"][0, 0] for v in views] == [0, 2, 4]
+    assert [views.read(c)[1, 0, 0] for c in images] == [0, 2, 4]
 
 
-def test_a_cache_without_its_completion_mark_is_rebuilt(tmp_path):
+@pytest.mark.parametrize("written", ["older format", "no completion mark"])
+def test_a_cache_without_its_completion_mark_is_rebuilt(tmp_path, written):
     cache = tmp_path / "cache"
     cache.mkdir()
-    items = [{"case": f"c{i}", "image": np.full((4, 4), i, np.float32)} for i in range(2)]
+    images = {f"c{i}": np.full((4, 4), i, np.float32) for i in range(2)}
     with h5py.File(cache / "key.h5", "w") as f:  # e.g. an older or damaged partial file
-        f.create_group("c0").create_dataset("max", data=np.full((4, 4), -7, np.float32))
-        f.create_group("c1").create_dataset("max", data=np.full((4, 4), -7, np.float32))
-    views = load_or_build(cache, "key", items, lambda im: {"max": im + 10}, num_workers=1)
-    assert [v["max"][0, 0] for v in views] == [10, 11]
+        for case in images:
+            if written == "older format":  # the views of each case in a group, no format
+                f.create_group(case).create_dataset("max", data=np.full((4, 4), -7, np.float32))
+                f.attrs["num_cases"] = 2
+            else:  # today's format, the attributes written last missing
+                f.create_dataset(case, data=np.full((2, 4, 4), -7, np.float32))
+                f.attrs["format"] = CACHE_FORMAT
+    views = open_or_build(cache, "key", list(images), images.get, lambda im: {"max": im + 10}, 1)
+    assert [views.read(c)[1, 0, 0] for c in images] == [10, 11]
     # and the rebuilt file is trusted the next time
-    again = load_or_build(cache, "key", items, lambda im: pytest.fail("rebuilt"), num_workers=1)
-    assert [v["max"][0, 0] for v in again] == [10, 11]
+    again = open_or_build(cache, "key", list(images), images.get, lambda im: pytest.fail(), 1)
+    assert [again.read(c)[1, 0, 0] for c in images] == [10, 11]

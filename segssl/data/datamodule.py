@@ -20,13 +20,15 @@ import torch
 from monai.data import DataLoader, Dataset
 from pytorch_lightning.utilities import CombinedLoader
 
-from segssl.data.readers import DataError, make_layout, split_labeled
+from segssl.data.layouts import Layout, make_layout
+from segssl.data.readers import DataError
 from segssl.data.transforms import patch_train_transforms, slice_train_transforms
 
 log = logging.getLogger(__name__)
 
-# layout options that do not change what an image holds (see _attach_view_cache)
-NOT_IMAGE_OPTIONS = frozenset({"cache", "cache_dir", "workers"})
+# layout options that do not change what an image holds (see _attach_view_cache); the fold
+# options change which cases train, and the cache key lists the training files already
+NOT_IMAGE_OPTIONS = frozenset({"cache", "cache_dir", "workers", "fold", "num_folds"})
 
 
 def first_item(batch: list[Any]) -> Any:
@@ -63,7 +65,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         batch_size: training items per step, labeled and unlabeled together.
         labeled_batch_size: labeled items per step, in ``1..batch_size``.
         name: dataset name for tags, run folders and the report (``acdc``, ``la``, ...).
-        layout: file layout, a key of ``segssl.data.readers.LAYOUTS`` (``ssl4mis``, ``uamt``,
+        layout: file layout, a key of ``segssl.data.layouts.LAYOUTS`` (``ssl4mis``, ``uamt``,
             ``folder``).
         use_unlabeled: stream unlabeled items (``false`` for the supervised baseline).
         views: transform adding the two network views ``image_1`` / ``image_2`` (``filter``
@@ -84,6 +86,8 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
             have a device form (none, or cached tree filters: ``filter.cache=true``), else
             uses the loaders, saying why in the log. ``true`` refuses what it cannot do.
         device_memory_fraction: the share of the device's memory ``auto`` lets the set take.
+        fold: ``data=folder`` without val.list: the cross-validation fold validated on (0..4,
+            or ``all``), handed to the layout as its ``fold`` option (README "Your own data").
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         layout_options: dict[str, Any] | None = None,
         on_device: bool | str = "auto",
         device_memory_fraction: float = 0.25,
+        fold: int | str | None = None,
     ) -> None:
         super().__init__()
         if on_device not in (True, False, "auto"):
@@ -128,9 +133,17 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
                 f"data.class_names has {len(class_names)} names, expected num_classes - 1 = "
                 f"{num_classes - 1} (foreground classes)"
             )
+        if root is None or not str(root).strip():  # Path("") would be the working directory
+            raise DataError(
+                f"data.root is empty ({root!r}): give data.root=PATH, the dataset folder, or "
+                "leave data.root out to use the dataset's default folder"
+            )
         self.root = Path(root).expanduser()
+        self._said_no_test_split = False
         self.name, self.layout_name = name, layout
         self.layout_options = dict(layout_options or {})
+        if fold is not None:  # data.fold: only the folder layout has folds
+            self.layout_options["fold"] = fold
         self.num_classes, self.class_names = num_classes, list(class_names)
         self.labeled, self.image_size = labeled, image_size
         self.patch_size = list(patch_size) if patch_size is not None else None
@@ -143,7 +156,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         self.val_split, self.test_split = val_split, test_split
         self.on_device, self.device_memory_fraction = on_device, device_memory_fraction
         self._layout = None
-        self._train: dict[str, list[dict]] = {}
+        self._train: dict[str, Sequence[dict]] = {}  # lists, or CachedItems
         self._volumes: dict[str, list[dict]] = {}
         self._device_stores: dict[str, Any] = {}  # the device path's slices, by stream
 
@@ -161,7 +174,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         ensure_synthetic_dataset(self.root, **self.synthetic)
 
     @property
-    def layout(self):
+    def layout(self) -> Layout:
         if self._layout is None:
             self._layout = make_layout(self.layout_name, self.root, **self.layout_options)
         return self._layout
@@ -174,12 +187,14 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         """The test split if the folder has one, else the validation split, said loudly."""
         if self.layout.has_split(self.test_split):
             return self.test_split
-        log.warning(
-            "No test split in %s (%s is missing): evaluating on the '%s' split instead.",
-            self.root,
-            self.layout.list_path(self.test_split).name,
-            self.val_split,
-        )
+        if not self._said_no_test_split:  # asked by train and by each test: said once
+            self._said_no_test_split = True
+            log.warning(
+                "No test split in %s (%s is missing): evaluating on the '%s' split instead.",
+                self.root,
+                self.layout.list_path(self.test_split).name,
+                self.val_split,
+            )
         return self.val_split
 
     def setup(self, stage: str | None = None) -> None:
@@ -190,13 +205,10 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         if stage in (None, "test"):
             self._load_volumes(self.resolve_test_split())
 
-    def _load_training_items(self) -> dict[str, list[dict]]:
+    def _load_training_items(self) -> dict[str, Sequence[dict]]:
         """Read and check every training item up front: bad data fails before step one.""" ""
         self.layout.check_files("train")
-        if hasattr(self.layout, "split_labeled"):  # layouts with their own rule (case-wise)
-            labeled_ids, unlabeled_ids = self.layout.split_labeled(self.labeled)
-        else:
-            labeled_ids, unlabeled_ids = split_labeled(self.layout.ids("train"), self.labeled)
+        labeled_ids, unlabeled_ids = self.layout.split_labeled(self.labeled)
         if len(labeled_ids) < self.labeled_batch_size:
             raise DataError(
                 f"data.labeled={self.labeled} gives {len(labeled_ids)} labeled slices, fewer than "
@@ -213,7 +225,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         elif self.unlabeled_batch_size:
             streams["unlabeled"] = self._read_training_items(unlabeled_ids, keep_label=False)
         if self._cached_view_keys():
-            self._attach_view_cache([item for items in streams.values() for item in items])
+            streams = self._attach_view_cache(streams)
         log.info(
             "Training data %s: %d labeled slices (%d patients), %d unlabeled slices",
             self.root,
@@ -224,12 +236,14 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         return streams
 
     def _read_training_items(self, ids: list[str], keep_label: bool) -> list[dict]:
+        # with cached views the image is read from the view cache per item: kept by none here
+        keep_image = not self._cached_view_keys()
         samples = []
         for item_id in ids:
             s = self.layout.load(
                 "train", item_id, num_classes=self.num_classes, require_label=keep_label
             )
-            item = {"image": s.image[None], "case": item_id}
+            item = {"image": s.image[None], "case": item_id} if keep_image else {"case": item_id}
             if keep_label:
                 item["label"] = s.label
             samples.append(item)
@@ -241,10 +255,12 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
             return []
         return list(self.views.cache_keys)
 
-    def _attach_view_cache(self, items: list[dict]) -> None:
-        """Filter every training image once (in parallel) and keep the views with the items."""
-        from segssl.data.view_cache import cache_key, load_or_build
+    def _attach_view_cache(self, streams: dict[str, list[dict]]) -> dict[str, Sequence[dict]]:
+        """Filter every training image once (in parallel, one case per worker at a time) and
+        read each item's image and views from the cache when the item is taken."""
+        from segssl.data.view_cache import CachedItems, cache_key, open_or_build
 
+        items = [item for stream in streams.values() for item in stream]
         files = [self.layout.path("train", item["case"]) for item in items]
         params: dict[str, Any] = {"views": self.views.cache_params(), "layout": self.layout_name}
         # options that change the images (normalisation, resampling, slice axis) are part of the
@@ -255,11 +271,20 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         key = cache_key(params, files)
         cache_dir = Path(self.views.cache_dir or self.root / ".segssl_cache")
         workers = max(1, self.num_workers or (os.cpu_count() or 1))
-        raw = [{"case": item["case"], "image": item["image"][0]} for item in items]
-        views = load_or_build(cache_dir, key, raw, self.views.precompute, workers)
-        keys = self._cached_view_keys()
-        for item, arrays in zip(items, views, strict=True):
-            item["image"] = np.concatenate([item["image"], *(arrays[k][None] for k in keys)])
+
+        def load(case: str) -> np.ndarray:
+            return self.layout.load(
+                "train", case, num_classes=self.num_classes, require_label=False
+            ).image
+
+        cases = [item["case"] for item in items]
+        cache = open_or_build(cache_dir, key, cases, load, self.views.precompute, workers)
+        if cache.names != self._cached_view_keys():
+            raise DataError(
+                f"view cache {cache.path} holds views {cache.names}, expected "
+                f"{self._cached_view_keys()} (delete the file to rebuild it)"
+            )
+        return {name: CachedItems(stream, cache) for name, stream in streams.items()}
 
     def _load_volumes(self, split: str) -> None:
         if split in self._volumes:

@@ -103,11 +103,22 @@ class ValidationOverlays(pl.Callback):
     ``<stage>/per_case`` (e.g. ``test/best/per_case``) of the selection model's per-case,
     per-class metrics, the first ``num_cases`` cases with their overlay."""
 
-    def __init__(self, num_cases: int = 3) -> None:
-        self.num_cases = num_cases
+    def __init__(self, num_cases: int = 3, every: int = 1) -> None:
+        """``every``: draw after every N-th validation only (each drawing predicts its volumes
+        again and renders a PNG: seconds that a GPU run validating every few seconds cannot
+        spare); the last validation of the run is drawn whatever N."""
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"callbacks.validation_overlays.every={every!r}: expected an int >= 1")
+        self.num_cases, self.every = num_cases, every
+        self._validations = 0
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        self._validations += 1
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        last = max_steps is not None and trainer.global_step >= max_steps
+        if self._validations % self.every and not last:
             return
         datamodule = trainer.datamodule
         volumes = datamodule.volumes(datamodule.val_split)[: self.num_cases]
