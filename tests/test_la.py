@@ -74,7 +74,9 @@ def test_la_dsaif_views_filter_the_3d_crop_with_26_connectivity(tmp_path):
     out = patch_train_transforms([32, 32, 24], views=views, augment=False)({"image": image[None]})
     crop = out["image"][0].numpy()
     expected = {tree_filter(crop, t, 50, 26).tobytes() for t in ("max", "min")}
-    got = {out[k][0].numpy().tobytes() for k in ("image_1", "image_2")}
+    # network 2's view is rotated in-plane by rot_k_2 quarter turns (filter.rotate_view_2)
+    view_2 = np.rot90(out["image_2"][0].numpy(), -out["rot_k_2"], axes=(0, 1))
+    got = {out["image_1"][0].numpy().tobytes(), np.ascontiguousarray(view_2).tobytes()}
     assert got == expected
     assert tree_filter(crop, "max", 50, 6).tobytes() not in got
 

@@ -148,6 +148,8 @@ def view_plan(views: object) -> tuple[ViewPlan | None, str | None]:
         return None, None
     if not isinstance(views, TwoViews):
         return None, f"the view maker {type(views).__name__} has no batched device form"
+    if getattr(views, "rotate_view_2", False):
+        return None, "filter.rotate_view_2=true (network 2's rotated view) runs on the host"
     channels = []
     for name, view in (("view_a", views.view_a), ("view_b", views.view_b)):
         key = getattr(view, "cache_key", None)

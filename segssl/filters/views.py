@@ -173,6 +173,13 @@ class TwoViews(Randomizable):
     module pre-computed it (``cache=True``): the data module stacks the views of ``cache_keys``
     behind the raw image as channels 1, 2, ... Its gamma is then applied after the filter instead
     of before, the same image up to quantisation since the filter commutes with gamma.
+
+    ``rotate_view_2`` is DSAIF-SEMI's 3-D detail: when the pair is perturbed, network 2's image
+    is rotated by ``k`` x 90 degrees in the first two spatial axes (H, W), ``k`` uniform in 0..3
+    per sample, before its filter; ``k`` travels with the sample as ``rot_k_2`` (0 when not
+    perturbed) and the method rotates network 2's logits back (``rotate_back``) before any loss.
+    A cached view is rotated after the filter instead: the tree filters commute with rot90
+    exactly, so both give the same view.
     """
 
     def __init__(
@@ -184,6 +191,7 @@ class TwoViews(Randomizable):
         gamma_range: Sequence[float] = (0.5, 1.5),
         cache: bool = False,
         cache_dir: str | None = None,
+        rotate_view_2: bool = False,
     ) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"filter.p={p}: expected a probability in [0, 1]")
@@ -192,6 +200,7 @@ class TwoViews(Randomizable):
         self.view_a, self.view_b = view_a, view_b
         self.p, self.gamma_p, self.gamma_range = p, gamma_p, tuple(gamma_range)
         self.cache, self.cache_dir = cache, cache_dir
+        self.rotate_view_2 = bool(rotate_view_2)
 
     # -- pre-computation (filter.cache=true) -------------------------------------------------
     @property
@@ -223,27 +232,77 @@ class TwoViews(Randomizable):
         ]
         self._perturb = self.R.rand() < self.p
         self._swap = self.R.rand() < 0.5
+        # drawn after the others, so that rotate_view_2=false keeps the random stream as it was;
+        # DSAIF-SEMI rotates only when it filters (k = 0 otherwise)
+        self._rot_k = int(self.R.randint(4)) if self.rotate_view_2 and self._perturb else 0
 
-    def _make_view(self, image: np.ndarray, perturb: Perturbation | None, gamma: float | None):
+    def _make_view(
+        self,
+        image: np.ndarray,
+        perturb: Perturbation | None,
+        gamma: float | None,
+        rot_k: int = 0,
+    ) -> np.ndarray:
         cached = getattr(perturb, "cache_key", None)
         if cached is not None and image.shape[0] > 1:
-            view = image[1 + self.cache_keys.index(cached)]
+            view = rotate_spatial(image[1 + self.cache_keys.index(cached)], rot_k)
             return view if gamma is None else random_gamma(view, gamma)
         view = image[0] if gamma is None else random_gamma(image[0], gamma)
+        view = rotate_spatial(view, rot_k)
         return view if perturb is None else perturb(view, self.R)
 
     def __call__(self, sample: dict) -> dict:
         self.randomize()
         image = as_array(sample["image"])
+        if self.rotate_view_2:
+            check_rotatable(image.shape[1:])
         views = []
         for k, gamma in enumerate(self._gammas):
             perturb = (self.view_a, self.view_b)[k ^ int(self._swap)] if self._perturb else None
-            view = self._make_view(image, perturb, gamma)
+            view = self._make_view(image, perturb, gamma, self._rot_k if k == 1 else 0)
             views.append(torch.as_tensor(np.ascontiguousarray(view, dtype=np.float32))[None])
         out = dict(sample)
         out["image"] = torch.as_tensor(image[:1])
         out["image_1"], out["image_2"] = views
+        if self.rotate_view_2:
+            out["rot_k_2"] = self._rot_k
         return out
+
+
+def rotate_spatial(image: np.ndarray, k: int) -> np.ndarray:
+    """``image`` (H, W[, D]) rotated by ``k`` x 90 degrees in (H, W), contiguous (the tree
+    filters read memory in order)."""
+    return image if k % 4 == 0 else np.ascontiguousarray(np.rot90(image, k, axes=(0, 1)))
+
+
+def check_rotatable(spatial_shape: Sequence[int], setting: str = "the training input") -> None:
+    """Refuse a non-square (H, W): a quarter turn would change the shape of network 2's view,
+    and the batch could not be stacked (DSAIF-SEMI's LA patches are 112x112 in-plane)."""
+    shape = tuple(int(s) for s in spatial_shape)
+    if len(shape) < 2 or shape[0] != shape[1]:
+        raise ValueError(
+            f"filter.rotate_view_2=true rotates network 2's view by k x 90 degrees in the first "
+            f"two spatial axes, which needs them square; {setting} is "
+            f"{'x'.join(map(str, shape))}. Use a patch square in (H, W) or "
+            "filter.rotate_view_2=false."
+        )
+
+
+def rotate_back(logits: torch.Tensor, rot_k: torch.Tensor) -> torch.Tensor:
+    """Undo ``rotate_spatial`` on network outputs (B, C, H, W[, D]) with each sample's ``rot_k``
+    (B,): every turn is computed for the whole batch and selected per sample, so the step reads
+    nothing back from the device and gradients flow as through any rot90."""
+    k = torch.as_tensor(rot_k, device=logits.device).reshape(-1) % 4
+    if k.numel() != logits.shape[0]:
+        raise ValueError(
+            f"rot_k_2 holds {k.numel()} rotations for {logits.shape[0]} samples of network 2"
+        )
+    out = logits
+    select = (-1,) + (1,) * (logits.ndim - 1)
+    for turns in (1, 2, 3):
+        back = torch.rot90(logits, -turns, dims=(2, 3))
+        out = torch.where((k == turns).reshape(select), back, out)
+    return out
 
 
 def as_array(image: Any) -> np.ndarray:
@@ -261,13 +320,20 @@ def dsaif_views(
     cache_dir: str | None = None,
     image_size: int | None = None,
     patch_size: Sequence[int] | None = None,
+    rotate_view_2: bool = False,
 ) -> TwoViews:
     """DSAIF views; ``trees=["max"]`` or ``["min"]`` are the one-tree ablations.
 
     ``area_threshold``: pixels (voxels), or ``"auto"`` for the paper's 50 at 256x256 scaled
     to the training input, ``patch_size`` in 3-D, else ``image_size`` squared.
+    ``rotate_view_2``: DSAIF-SEMI's rotation of network 2's view (see ``TwoViews``).
     """
     shape = training_input_shape(image_size, patch_size)
+    if rotate_view_2 and shape is not None:
+        given = (
+            f"data.patch_size={list(patch_size)}" if patch_size else f"data.image_size={image_size}"
+        )
+        check_rotatable(shape, given)
     pixels, why = resolve_area_threshold(area_threshold, shape)
     log.info("DSAIF area threshold: %d pixels (%s)", pixels, why)
     filters = [TreeFilter(t, pixels, connectivity) for t in trees]
@@ -282,4 +348,5 @@ def dsaif_views(
         gamma_range=gamma_range,
         cache=cache,
         cache_dir=cache_dir,
+        rotate_view_2=rotate_view_2,
     )

@@ -86,6 +86,9 @@ class SegmentationMethod(pl.LightningModule):
     # the model checkpoints are selected on (validation) and whose Dice is the run's headline;
     # stored in results.json so the report needs no table of methods
     selection_model: str = "net"
+    # whether training_losses rotates network 2's logits back (``rotate_back_view_2``) when the
+    # views rotate network 2's input (filter.rotate_view_2=true); other methods refuse such views
+    rotates_view_2_back: bool = False
 
     def __init__(
         self,
@@ -183,7 +186,28 @@ class SegmentationMethod(pl.LightningModule):
         members = self.ensembles().get(self.selection_model, [self.selection_model])
         return ensemble_predict_fn(*(fns[m] for m in members))(x)
 
+    def rotate_back_view_2(self, logits: torch.Tensor, *parts: Mapping | None) -> torch.Tensor:
+        """Network 2's ``logits`` for the concatenated ``image_2`` of ``parts`` (labeled, then
+        unlabeled) in the orientation of the labels and of network 1: each sample's ``rot_k_2``
+        quarter turns undone. Without rotated views (no ``rot_k_2``) the logits as they are."""
+        from segssl.filters.views import rotate_back
+
+        ks = [part["rot_k_2"] for part in parts if part is not None and "rot_k_2" in part]
+        if not ks:
+            return logits
+        k = torch.cat([torch.as_tensor(v, device=logits.device).reshape(-1) for v in ks])
+        return rotate_back(logits, k)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if not self.rotates_view_2_back and any(
+            "rot_k_2" in part for part in batch.values() if isinstance(part, Mapping)
+        ):
+            raise ValueError(
+                f"filter.rotate_view_2=true rotates network 2's view, and {type(self).__name__} "
+                "does not rotate its outputs back: its losses would compare rotated and unrotated "
+                "voxels. Use method=dsaif / method=cps, or filter.rotate_view_2=false (set by "
+                "dsaif_rotate_view_2, e.g. in +experiment=la)."
+            )
         losses = self.training_losses(batch)
         size = batch["labeled"]["image_1"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)

@@ -15,6 +15,7 @@ class CrossPseudoSupervision(SegmentationMethod):
     network_names = ("net1", "net2")
     uses_unlabeled = True
     selection_model = "ensemble"
+    rotates_view_2_back = True
 
     def __init__(
         self, *args, consistency: float = 0.1, rampup_steps: int = 30000, **kwargs
@@ -34,7 +35,9 @@ class CrossPseudoSupervision(SegmentationMethod):
             view_1 = torch.cat([view_1, unlabeled["image_1"]])
             view_2 = torch.cat([view_2, unlabeled["image_2"]])
         logits_1 = self.run_network("net1", view_1)
-        logits_2 = self.run_network("net2", view_2)
+        # DSAIF-SEMI's 3-D views rotate net2's input (filter.rotate_view_2): undone here, before
+        # the labels, the pseudo-labels of net1 and the metrics see net2's logits
+        logits_2 = self.rotate_back_view_2(self.run_network("net2", view_2), labeled, unlabeled)
         sup_1 = self.supervised_loss(logits_1[:n], labeled["label"])
         sup_2 = self.supervised_loss(logits_2[:n], labeled["label"])
         losses = {"sup_1": sup_1, "sup_2": sup_2}

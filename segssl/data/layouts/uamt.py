@@ -1,9 +1,14 @@
-"""UA-MT's h5 layout of the 2018 Left Atrium challenge data (also used by MC-Net, SS-Net, BCP).
+"""UA-MT's h5 layout of the 2018 Left Atrium challenge data (also used by MC-Net, SS-Net, BCP),
+and MC-Net's Pancreas-CT layout, which differs only in its file names.
 
 Layout under ``root``::
 
     train.list / test.list                         case ids, one a line
     2018LA_Seg_Training Set/<id>/mri_norm2.h5      image float32 (H, W, D), label uint8 {0, 1}
+    (Pancreas: Pancreas_h5/<id>_norm.h5            image float32 (H, W, D), label float32 {0, 1})
+
+``image_dir`` and ``file_pattern`` (``{id}`` is the case id) name the files; the defaults are
+LA's, ``conf/data/pancreas.yaml`` sets MC-Net's Pancreas names.
 
 Training items are whole volumes (random patches are cut by the training transforms). The
 labeled subset is the first N cases of ``train.list``. LA has no validation split: ``val_cases``
@@ -19,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from segssl.data.image_io import InputProtocol, read_h5_sample
 from segssl.data.layouts.base import Layout
@@ -41,15 +48,44 @@ class UAMTLayout(Layout):
     """Paths and splits of a UA-MT LA folder; the only place that knows these file names."""
 
     train_ndim = 3
-    image_dir = "2018LA_Seg_Training Set"
-    file_name = "mri_norm2.h5"
+    #: LA's names (the defaults of ``image_dir`` / ``file_pattern``)
+    LA_IMAGE_DIR = "2018LA_Seg_Training Set"
+    LA_FILE_PATTERN = "{id}/mri_norm2.h5"
     # validation cases come from the end of the training list
     lists = {"train": "train.list", "val": "train.list", "test": "test.list"}
 
     def __init__(
-        self, root: str | Path, val_cases: int = 0, spacing: Sequence[float] | None = None
+        self,
+        root: str | Path,
+        val_cases: int = 0,
+        spacing: Sequence[float] | None = None,
+        image_dir: str = LA_IMAGE_DIR,
+        file_pattern: str = LA_FILE_PATTERN,
     ) -> None:
         self.root = self.check_root(root)
+        if (
+            not isinstance(image_dir, str)
+            or Path(image_dir).is_absolute()
+            or ".." in Path(image_dir).parts
+        ):
+            raise DataError(
+                f"data.layout_options.image_dir={image_dir!r}: expected a folder name inside "
+                "data.root"
+            )
+        if (
+            not isinstance(file_pattern, str)
+            or file_pattern.count("{id}") != 1
+            or file_pattern.replace("{id}", "").count("{")
+            or Path(file_pattern).is_absolute()
+            or ".." in Path(file_pattern).parts
+        ):
+            raise DataError(
+                f"data.layout_options.file_pattern={file_pattern!r}: expected a relative file "
+                "name with one '{id}' for the case id, e.g. '{id}/mri_norm2.h5' (LA) or "
+                "'{id}_norm.h5' (Pancreas)"
+            )
+        self.image_dir = image_dir
+        self.file_pattern = file_pattern
         if isinstance(val_cases, bool) or not isinstance(val_cases, int) or val_cases < 0:
             raise DataError(f"data.layout_options.val_cases={val_cases!r}: expected an int >= 0")
         self.val_cases = val_cases
@@ -85,7 +121,7 @@ class UAMTLayout(Layout):
         check_split_lists({split: self.list_path(split) for split in ("train", "test")})
 
     def path(self, split: str, item_id: str) -> Path:
-        return self.root / self.image_dir / item_id / self.file_name
+        return self.root / self.image_dir / self.file_pattern.format(id=item_id)
 
     def split_labeled(self, num_labeled: int) -> tuple[list[str], list[str]]:
         """The first N training cases are labeled, the rest unlabeled (one case = one patient)."""
@@ -106,6 +142,15 @@ class UAMTLayout(Layout):
             expected_ndim=3,
         )
         sample.case = item_id
+        label = sample.label
+        if label is not None and not np.issubdtype(label.dtype, np.integer):
+            # MC-Net stored Pancreas labels as float32 0/1: whole numbers become uint8 classes
+            if not np.array_equal(label, np.round(label)):
+                raise DataError(
+                    f"{self.path(split, item_id)}: 'label' ({label.dtype}) holds values that are "
+                    "not whole numbers; expected class indices"
+                )
+            sample.label = label.astype(np.uint8)
         if self.spacing is not None:
             sample.spacing = self.spacing
         return sample
