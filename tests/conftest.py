@@ -66,6 +66,23 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def root_log_handlers():
+    """A command run in-process (Hydra configures logging) leaves handlers on the root logger
+    that write to that test's captured stream; a later test would log into a closed stream."""
+    import logging
+
+    handlers, level = list(logging.root.handlers), logging.root.level
+    yield
+    for handler in logging.root.handlers:
+        if handler not in handlers:
+            logging.root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in logging.root.handlers:
+            logging.root.addHandler(handler)
+    logging.root.setLevel(level)
+
+
 def shared_data(name: str) -> Path:
     """Path of a real dataset beside the repo, or skip the test saying why."""
     path = SHARED_DATA / name
