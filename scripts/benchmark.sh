@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The laptop benchmark of issue 13: methods x seeds x labeled counts on the reduced ACDC protocol
+# The laptop benchmark: methods x seeds x labeled counts on the reduced ACDC protocol
 # (+experiment=acdc_cpu: 96x96, batch 8 with 4 labeled, 2000 steps, validation every 250) as
 # Hydra multiruns, then the report paired against the supervised baseline (report.md / .csv,
 # report.png, curves.png in the sweep folder). Figures from it are REDUCED-protocol figures.

@@ -6,8 +6,8 @@ values and gets a colour overlay in ``overlays/`` to look at.
 
 The method, networks and inference protocol come from the checkpoint (its stored config names
 the class; no data paths are needed, so a checkpoint from another machine works). How a file
-becomes model input follows the training data's layout (``Layout.input_protocol``); README
-"Predicting masks" has the table.
+becomes model input follows the training data's layout (``Layout.input_protocol``); docs/predict.md
+has the table.
 
 A folder with an unreadable input is handled as batch tools (nnU-Net, MONAI bundles) are used:
 every other input is still predicted, ``predictions.json`` says ``"status": "partial"`` and

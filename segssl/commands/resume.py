@@ -41,7 +41,7 @@ RUN_STATE = ".segssl_run.json"
 ABANDONED = "abandoned_"
 
 # Overrides a resume may apply: where and how the run computes and reports, never what it is.
-# key (or key prefix) -> why it is safe; the README lists the same keys.
+# key (or key prefix) -> why it is safe; docs/resume.md lists the same keys.
 CHANGEABLE: dict[str, str] = {
     "trainer.max_steps": "larger values only: extends the run (the poly schedule is stretched)",
     "trainer.accelerator": "where it runs",

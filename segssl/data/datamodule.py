@@ -87,7 +87,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
             uses the loaders, saying why in the log. ``true`` refuses what it cannot do.
         device_memory_fraction: the share of the device's memory ``auto`` lets the set take.
         fold: ``data=folder`` without val.list: the cross-validation fold validated on (0..4,
-            or ``all``), handed to the layout as its ``fold`` option (README "Your own data").
+            or ``all``), handed to the layout as its ``fold`` option (docs/own-data.md).
     """
 
     def __init__(
@@ -163,7 +163,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
     # -- set-up -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Write the built-in synthetic data on first use; a ``data.root`` that already holds a
-        dataset of another origin (e.g. ``data.root=../shared/data/ACDC``) is read as it is."""
+        dataset of another origin (e.g. ``data.root=/path/to/ACDC``) is read as it is."""
         if self.synthetic is None:
             return
         from segssl.data.synthetic import STAMP_NAME, ensure_synthetic_dataset

@@ -13,7 +13,7 @@ dataset ``(1 + views, *shape)``: the raw image and its views stacked as channels
 modification times), the layout options that change the images, the filter parameters and the
 filter code's version, so any change makes a new cache instead of silently reusing a stale one.
 
-Why this shape (issue 27): the views of 80 LA volumes take about 20 GB, so nothing may hold all
+Why this shape: the views of 80 LA volumes take about 20 GB, so nothing may hold all
 of them. The build loads, filters and writes one case per worker at a time (workers send one
 case back, the parent appends it to the file); the reader keeps only each case's byte offset
 and maps the bytes of one case per read (``ViewCache.read``), so memory stays bounded by a few
