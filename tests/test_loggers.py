@@ -206,9 +206,12 @@ def test_no_private_lightning_attributes_in_segssl() -> None:
 def test_group_and_name_say_what_was_compared():
     from segssl.utils.loggers import folder_stamp, method_variant, run_group, run_name
 
-    assert run_group("acdc", "dsaif", "dsaif", 7) == "acdc/dsaif/labeled=7"
-    assert run_group("synthetic", "bcp", "dsaif", 2) == "synthetic/bcp+dsaif/labeled=2"
-    assert run_group("synthetic", "cps", "none", 2) == "synthetic/cps/labeled=2"
+    single_run = "/o/train/runs/2026-12-05_11-10-44-123456"
+    assert run_group("acdc", single_run) == "acdc/2026-12-05_11-10-44-123456"  # its own group
+    for job in ("0", "3"):  # every job of one multirun: one group
+        assert run_group("acdc", f"/o/train/multirun/2026-12-05_11-10-44-1/{job}") == (
+            "acdc/2026-12-05_11-10-44-1"
+        )
     assert method_variant("dsaif", "none") == "dsaif+none"  # DSAIF without its views
     assert method_variant("dsaif", "max_only") == "dsaif+max_only"
     single = "/o/train/runs/2026-12-05_11-10-44-123456"
@@ -224,7 +227,7 @@ def test_wandb_group_and_name_come_from_the_identity_unless_given(tmp_path: Path
     logger = wandb_logger(save_dir=str(run_dir), project="p", identity=identity)
     try:
         (started,) = start_loggers([logger], wait_s=0)  # offline (conftest): no network
-        assert started.experiment.group == "acdc/dsaif/labeled=7"
+        assert started.experiment.group == "acdc/2026-12-05_11-10-44-123456"
         assert started.experiment.name == "dsaif-l7-s0-1205-1110"
     finally:
         logger.experiment.finish()
@@ -251,7 +254,7 @@ def test_a_training_run_is_grouped_named_and_summarised_in_its_offline_files(
     wandb.teardown()  # wandb-core may hold the run file's last writes until it stops
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     contents = run_contents(run_dir)
-    assert contents["group"] == "synthetic/bcp+dsaif/labeled=1"
+    assert contents["group"] == f"synthetic/{out.name}"  # a single run: its own group
     assert contents["job_type"] == "train"
     (run,) = [r.run for r in records(next(run_dir.glob("*.wandb"))) if r.HasField("run")]
     assert run.display_name.startswith("bcp+dsaif-l1-s5-")
@@ -323,12 +326,23 @@ def test_jobs_of_a_sweep_share_the_sweep_folder_and_are_told_apart(tmp_path: Pat
         HydraConfig().set_config(cfg)
         params = run_hyperparameters(resolved_config(cfg))
         assert params["sweep"] == str(sweep) and params["run_dir"] == str(sweep / str(job))
-        assert params["group"] == "synthetic/cps/labeled=2" and params["seed"] == seed
+        assert params["group"] == f"synthetic/{sweep.name}" and params["seed"] == seed
         assert (params["network"], params["data"]) == ("unet2d", "synthetic")
         identity = {k: params[k] for k in ("experiment", "method", "filter", "labeled", "seed")}
         logger = wandb_logger(save_dir=params["run_dir"], project="p", identity=identity)
         names.append(loggers_name(logger))
     assert names == ["cps-l2-s0-1205-1110-j0", "cps-l2-s1-1205-1110-j1"]
+    identity = {"experiment": "synthetic"}
+    loggers = [wandb_logger(save_dir=str(sweep / j), project="p", identity=identity) for j in "01"]
+    groups = {loggers_group(logger) for logger in loggers}
+    assert groups == {f"synthetic/{sweep.name}"}  # one group holds the sweep's jobs
+
+
+def loggers_group(logger: WandbLogger) -> str:
+    """The run group our factory chose, without starting a run."""
+    from segssl.utils.loggers import _identity_names
+
+    return _identity_names(dict(getattr(logger, WANDB_KWARGS)))["group"]
 
 
 def loggers_name(logger: WandbLogger) -> str:

@@ -62,15 +62,19 @@ def method_variant(method: str | None, view_filter: str | None) -> str:
     return f"{method}+{view_filter}"
 
 
-def run_group(
-    experiment: str | None, method: str | None, view_filter: str | None, labeled: Any
-) -> str:
-    """The W&B group of the runs that are compared together, seeds averaged inside it:
-    ``acdc/dsaif/labeled=7``."""
-    parts = [experiment or "segssl", method_variant(method, view_filter)]
-    if labeled is not None:
-        parts.append(f"labeled={labeled}")
-    return "/".join(parts)
+def run_group(experiment: str | None, run_dir: str | os.PathLike | None) -> str:
+    """The W&B group as a researcher sets it by hand: the experiment and the sweep. All jobs of
+    one multirun share a group (``acdc/2026-12-05_11-10-44-123456``, the sweep folder's name);
+    a single run is its own group (its folder's name). Methods, labeled counts and seeds are
+    top-level config keys (``run_hyperparameters``), so "group by method" is one click."""
+    folder = Path(run_dir) if run_dir else None
+    if folder is None:
+        return f"{experiment or 'segssl'}/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    in_sweep = folder.name.isdigit() and (
+        (folder.parent / "multirun.yaml").is_file()
+        or FOLDER_STAMP.fullmatch(folder.parent.name[:19]) is not None
+    )
+    return f"{experiment or 'segssl'}/{(folder.parent if in_sweep else folder).name}"
 
 
 def folder_stamp(run_dir: str | os.PathLike | None) -> str:
@@ -136,7 +140,7 @@ def run_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
         "labeled": labeled,
         "seed": config.get("seed"),
         "experiment": experiment,
-        "group": run_group(experiment, method, view, labeled),
+        "group": run_group(experiment, run_dir),
         "sweep": sweep,
         "run_dir": run_dir,
         "config": config,
@@ -152,7 +156,7 @@ def _identity_names(kwargs: dict[str, Any]) -> dict[str, Any]:
     method, view = identity.get("method"), identity.get("filter")
     labeled, seed = identity.get("labeled"), identity.get("seed")
     if kwargs.get("group", "auto") == "auto":
-        kwargs["group"] = run_group(identity.get("experiment"), method, view, labeled)
+        kwargs["group"] = run_group(identity.get("experiment"), kwargs.get("save_dir"))
     if kwargs.get("name", "auto") == "auto":
         kwargs["name"] = run_name(method, view, labeled, seed, kwargs.get("save_dir"))
     return kwargs
