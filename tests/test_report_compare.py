@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segssl.commands.report import ReportError, main, write_report
+from segssl.commands.report import ReportError, main, report_group, write_report
+from segssl.commands.report.runs import collect_runs
 from segssl.evaluation.results import PER_CASE_COLUMNS, write_per_case_csv, write_results
 from tests.wandb_records import run_contents
 
@@ -190,8 +191,12 @@ def test_paired_table_in_the_offline_wandb_run(sweep, monkeypatch):
     )  # fmt: skip
     assert shifted["baseline"] == BASELINE and shifted["significant"] is True
     assert shifted["mean_difference"] == pytest.approx(0.05, abs=0.002) and shifted["wins"] == 20
-    logged = contents["summary"]["method=cps data.labeled=3/best/ensemble/overall/dice_mean"]
+    logged = contents["summary"]["cps-l3/best/ensemble/overall/dice"]  # readable keys
     assert logged == pytest.approx(float(BASE_DICE.mean() + 0.05), abs=0.002)
+    # a report job; these runs are no Hydra sweep (no multirun.yaml), so <experiment>/report
+    assert contents["job_type"] == "report" and contents["group"] == "acdc_cpu/report"
+    (sweep / "multirun.yaml").write_text("{}\n")  # as Hydra writes it: now one sweep's runs
+    assert report_group(collect_runs([sweep]).runs) == f"acdc_cpu/{sweep.name}"
 
 
 @pytest.mark.slow
@@ -203,6 +208,9 @@ def test_a_training_run_lands_in_wandb_ready_to_compare_and_draws_curves(run_tas
     monkeypatch.setenv("WANDB_MODE", "offline")
     overrides = [o for o in TINY if not o.startswith("logger=")]
     out, _, _ = run_task([*overrides, "method=cps", "logger=wandb", "seed=3"])
+    import wandb
+
+    wandb.teardown()  # wandb-core may hold the run file's last writes until it stops
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     contents = run_contents(run_dir)
     config = contents["config"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from segssl.commands.report.markdown import csv_text, markdown_text, merge_paired, summary_rows
 from segssl.commands.report.runs import (
     ReportError,
+    Run,
     baseline_pairs,
     check_comparable,
     collect_runs,
@@ -82,8 +83,26 @@ def write_report(
         from segssl.commands.report.wandb import log_report
 
         figures = [p for name, p in targets.items() if name.endswith(".png")]
-        log_report(rows, paired, figures, out, split=split, protocol=protocol)
+        log_report(
+            rows, paired, figures, out, split=split, protocol=protocol, group=report_group(runs)
+        )
     return targets
+
+
+def report_group(runs: Sequence[Run]) -> str:
+    """The W&B group the report joins: the reported runs' own group when they share one (one
+    multirun), else ``<experiment>/report``."""
+    from segssl.utils.loggers import run_group
+
+    groups = set()
+    experiments = set()
+    for run in runs:
+        experiment = run.config.get("experiment_name") or "segssl"
+        experiments.add(str(experiment))
+        groups.add(run_group(str(experiment), run.path.parent))
+    if len(groups) == 1:
+        return groups.pop()
+    return f"{'+'.join(sorted(experiments))}/report"
 
 
 def main(argv: list[str] | None = None) -> None:

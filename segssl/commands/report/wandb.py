@@ -24,13 +24,15 @@ def log_report(
     *,
     split: str,
     protocol: dict[str, Any],
+    group: str | None = None,
 ) -> str:
-    """Log the report to a new W&B run saved under ``out_dir``; return its folder."""
+    """Log the report to a new W&B run (job_type ``report``) saved under ``out_dir``, in the
+    project and ``group`` of the runs it reports; return its folder."""
     import wandb
 
     os.environ.setdefault("WANDB_SILENT", "true")
     config = {"split": split, "protocol": protocol, "source": str(out_dir)}
-    run = _init(wandb, wandb_mode(), out_dir, config)
+    run = _init(wandb, wandb_mode(), out_dir, config, group)
     logged: dict[str, Any] = {"report/table": _table(wandb, rows)}
     if paired:
         logged["report/paired"] = _table(wandb, paired)
@@ -38,14 +40,32 @@ def log_report(
         logged[f"report/{Path(figure).stem}"] = wandb.Image(str(figure))
     run.log(logged)
     for row in rows:
-        prefix = f"{row['group']}/{row['checkpoint']}/{row['model']}/{row['class']}"
+        prefix = "/".join(
+            (readable_label(row["group"]), row["checkpoint"], row["model"], row["class"])
+        )
         for key in ("dice", "jaccard", "hd95", "asd"):
-            run.summary[f"{prefix}/{key}_mean"] = row[f"{key}_mean"]
+            run.summary[f"{prefix}/{key}"] = row[f"{key}_mean"]
             if row[f"{key}_std"] is not None:
                 run.summary[f"{prefix}/{key}_std"] = row[f"{key}_std"]
     folder = str(run.dir)
     run.finish()
     return folder
+
+
+def readable_label(label: str) -> str:
+    """A report group label as a W&B key part: ``method=dsaif data.labeled=2`` becomes
+    ``dsaif-l2`` (method by its name, labeled as ``l<N>``, other keys as ``name=value`` with
+    the last part of their key)."""
+    parts = []
+    for token in str(label).split():
+        key, sep, value = token.partition("=")
+        if not sep:
+            parts.append(token)
+            continue
+        name = key.rsplit(".", 1)[-1]
+        parts.append(value if name == "method" else f"l{value}" if name == "labeled" else
+                     f"{name}={value}")  # fmt: skip
+    return "-".join(parts) or "all"
 
 
 def _table(wandb: Any, rows: Sequence[dict[str, Any]]) -> Any:
@@ -54,10 +74,14 @@ def _table(wandb: Any, rows: Sequence[dict[str, Any]]) -> Any:
     return wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
 
 
-def _init(wandb: Any, mode: str, out_dir: Path, config: dict[str, Any]) -> Any:
+def _init(
+    wandb: Any, mode: str, out_dir: Path, config: dict[str, Any], group: str | None = None
+) -> Any:
     """Start the run; an online start that fails (no network, bad key) goes offline instead."""
     settings = wandb.Settings(init_timeout=30, silent=True, console="off")
     kwargs = {"project": PROJECT, "job_type": "report", "dir": str(out_dir), "config": config}
+    if group:
+        kwargs["group"] = group
     try:
         return wandb.init(mode=mode, settings=settings, **kwargs)
     except Exception as err:  # noqa: BLE001 - W&B being unreachable must not lose the report
