@@ -53,10 +53,10 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
-from segssl.commands.hydra_app import config_dir  # noqa: E402
 from segssl.data.readers import read_list  # noqa: E402
 from segssl.evaluation.evaluator import VolumeEvaluator  # noqa: E402
 from segssl.methods.base import build_network  # noqa: E402
+from segssl.runs.hydra_app import config_dir  # noqa: E402
 from segssl.utils.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ACDC"

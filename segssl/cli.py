@@ -24,7 +24,7 @@ class Command(NamedTuple):
     help: str  # one line for ``python -m segssl --help``
     # "module:function" run on the arguments before Hydra starts; returns the arguments to
     # use, or exits with a message (the task itself accepts or refuses its run folder before
-    # anything is written into it: segssl/commands/hydra_app.py)
+    # anything is written into it: segssl/runs/hydra_app.py)
     before_hydra: str | None = None
 
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     if command.config is None:
         load(command.entry)(rest)
         return
-    from segssl.commands.hydra_app import check_hydra_overrides, hydra_command, search_path_override
+    from segssl.runs.hydra_app import check_hydra_overrides, hydra_command, search_path_override
     from segssl.utils.quiet import silence_known_noise
 
     silence_known_noise()  # harmless library warnings and tips, each listed with its reason
@@ -191,12 +191,12 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from omegaconf.errors import MissingMandatoryValue
 
     from segssl.commands.predict import PartialPredictionError
-    from segssl.commands.resume import ResumeError
     from segssl.data.readers import DataError
     from segssl.planning.planner import PlanError
+    from segssl.runs.lock import RunFolderError
+    from segssl.runs.resume import ResumeError
     from segssl.utils.atomic import WriteError
     from segssl.utils.checkpoint_io import DamagedCheckpointError
-    from segssl.utils.run_lock import RunFolderError
     from segssl.utils.settings_check import SettingsError
     from segssl.utils.trust import UntrustedInputError
 
@@ -242,7 +242,7 @@ def config_error_message(err: BaseException) -> str | None:
     from hydra.errors import CompactHydraException, MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-    from segssl.commands.hydra_app import CONFIG_PATH_ENV, LOCAL_CONFIG_DIR
+    from segssl.runs.hydra_app import CONFIG_PATH_ENV, LOCAL_CONFIG_DIR
 
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         group, _, choice = err.missing_cfg_file.rpartition("/")

@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from segssl.commands.hydra_app import config_dir
+from segssl.runs.hydra_app import config_dir
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -156,7 +156,7 @@ def save_as_lightning(method, cfg: DictConfig, path: Path) -> Path:
     import pytorch_lightning as pl
     import torch
 
-    from segssl.utils.run import resolved_config
+    from segssl.runs.results import resolved_config
 
     method.run_config = resolved_config(cfg)
     state = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from segssl.cli import COMMANDS, Command, load, main
-from segssl.commands.hydra_app import config_dir
+from segssl.runs.hydra_app import config_dir
 
 CALLS: list[list[str]] = []
 

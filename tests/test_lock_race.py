@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from segssl.utils.run_lock import LOCK_NAME, RunFolderBusy, RunLock, read_holder
+from segssl.runs.lock import LOCK_NAME, RunFolderBusy, RunLock, read_holder
 
 CONTENDERS = 8
 TRIALS = 5
@@ -38,7 +38,7 @@ def write_stale_lock(run_dir: Path) -> None:
 def contend(run_dir: str, flock: bool, start, done, results) -> None:
     """Try once to take the lock; the winner keeps living (and holding it) until every
     contender has tried, else a late one would rightly take over a dead winner's lock."""
-    from segssl.utils import run_lock
+    from segssl.runs import lock as run_lock
 
     # a busy machine: checking whether the holder lives takes a while (as /proc reads and
     # scheduling do under load), which widens any window between that check and the takeover

@@ -311,8 +311,8 @@ def test_jobs_of_a_sweep_share_the_sweep_folder_and_are_told_apart(tmp_path: Pat
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict
 
+    from segssl.runs.results import resolved_config
     from segssl.utils.loggers import run_hyperparameters
-    from segssl.utils.run import resolved_config
     from tests.conftest import compose_config
 
     sweep = tmp_path / "multirun" / "2026-12-05_11-10-44-123456"

@@ -15,11 +15,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segssl.commands.hydra_app import config_dir
 from segssl.evaluation.checkpoints import build_method, read_checkpoint
 from segssl.evaluation.results import write_results
 from segssl.methods import Supervised
-from segssl.utils.run import resolved_config
+from segssl.runs.hydra_app import config_dir
+from segssl.runs.results import resolved_config
 from segssl.utils.trust import load_checkpoint
 from tests.conftest import TINY, compose_config, save_as_lightning
 from tests.helpers.configs import group_options

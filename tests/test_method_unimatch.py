@@ -11,12 +11,12 @@ from hydra.utils import instantiate
 from monai.networks.nets import BasicUNet
 from omegaconf import OmegaConf
 
-from segssl.commands.hydra_app import config_dir
 from segssl.methods import UniMatch
 from segssl.methods.batch_augment import brightness_contrast, gaussian_blur
 from segssl.methods.mixing import random_boxes
 from segssl.methods.region_losses import soft_dice_loss
 from segssl.models.unet import count_parameters, encoder_decoder
+from segssl.runs.hydra_app import config_dir
 
 SMALL = {"_target_": "segssl.models.unet.UNet", "in_channels": 1, "out_channels": 4,
          "features": [4, 4, 8, 8, 8]}  # fmt: skip

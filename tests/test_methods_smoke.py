@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback
 
-from segssl.commands.hydra_app import config_dir
+from segssl.runs.hydra_app import config_dir
 from tests.conftest import TINY, compose_config
 from tests.helpers.configs import group_options
 

@@ -7,8 +7,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segssl.commands.hydra_app import config_dir
 from segssl.models.vnet import VNet, count_parameters
+from segssl.runs.hydra_app import config_dir
 
 
 def test_vnet_benchmark_size_and_output_shape():

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from segssl.utils import atomic, run_lock
+from segssl.runs import lock as run_lock
+from segssl.utils import atomic
 from segssl.utils.processes import is_alive, start_time
 
 

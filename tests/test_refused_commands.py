@@ -20,8 +20,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from segssl.cli import main
-from segssl.commands.hydra_app import HYDRA_FILES, PendingFileHandler, _Job
-from segssl.utils.run_lock import LOCK_NAME
+from segssl.runs.hydra_app import HYDRA_FILES, PendingFileHandler, _Job
+from segssl.runs.lock import LOCK_NAME
 from tests.conftest import TINY, start_segssl
 from tests.test_trust import checkpoint, image  # noqa: F401 - fixtures
 
@@ -208,7 +208,7 @@ def test_an_accepted_run_has_the_three_hydra_files_and_its_log(
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from segssl.commands.hydra_app import config_dir
+    from segssl.runs.hydra_app import config_dir
 
     run = in_tmp / "tested"
     overrides = [f"ckpt_path={checkpoint}", "split=val"]

@@ -18,7 +18,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from segssl.commands.resume import ResumeError
+from segssl.runs.resume import ResumeError
 from segssl.utils.trust import UntrustedInputError
 from tests.conftest import TINY, compose_config
 from tests.test_resume import snapshot_hydra
@@ -119,7 +119,7 @@ def test_going_back_to_a_branch_left_earlier_takes_its_checkpoints_back(
 ):
     """A checkpoint of a branch left earlier can be named: that branch becomes the run's
     again (its checkpoints back in checkpoints/, the current ones set aside)."""
-    from segssl.commands.resume import latest_checkpoint
+    from segssl.runs.resume import latest_checkpoint
 
     checkpoints = run_dir / "checkpoints"
     original = {p.name: p.read_bytes() for p in checkpoints.glob("*.ckpt")}

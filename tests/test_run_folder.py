@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from segssl.runs.lock import LOCK_NAME, RunFolderBusy, RunFolderError, RunLock, read_holder
 from segssl.utils.atomic import WriteError
 from segssl.utils.checkpoint_io import AtomicCheckpointIO, DamagedCheckpointError, RunCheckpoint
-from segssl.utils.run_lock import LOCK_NAME, RunFolderBusy, RunFolderError, RunLock, read_holder
 from segssl.utils.trust import UntrustedInputError
 from tests.conftest import TINY
 

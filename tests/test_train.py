@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segssl.commands.hydra_app import config_dir
+from segssl.runs.hydra_app import config_dir
 from tests.conftest import TINY
 from tests.helpers.configs import group_options
 

@@ -24,9 +24,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from segssl.commands import test as test_command
-from segssl.commands.hydra_app import config_dir
 from segssl.commands.predict import predict_files
-from segssl.utils.run import resolved_config
+from segssl.runs.hydra_app import config_dir
+from segssl.runs.results import resolved_config
 from segssl.utils.trust import (
     ALLOWED_TARGETS,
     TRUSTED_TARGETS_ENV,

@@ -19,17 +19,17 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from segssl.commands.hydra_app import (
-    CONFIG_PATH_ENV,
-    LOCAL_CONFIG_DIR,
-    config_dir,
-    user_config_dirs,
-)
 from segssl.data.layouts.folder import FolderLayout
 from segssl.data.readers import DataError
 from segssl.planning.experiment import NAME_PATTERN, experiment_yaml, override_line
 from segssl.planning.fingerprint import fingerprint
 from segssl.planning.planner import PlanError, make_plan
+from segssl.runs.hydra_app import (
+    CONFIG_PATH_ENV,
+    LOCAL_CONFIG_DIR,
+    config_dir,
+    user_config_dirs,
+)
 from segssl.utils.atomic import write_text
 
 log = logging.getLogger(__name__)

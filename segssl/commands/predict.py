@@ -81,8 +81,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     written only once every input is read and every output is known to be free."""
     from hydra.core.hydra_config import HydraConfig
 
-    from segssl.commands.hydra_app import accept_run_folder
-    from segssl.utils.run_lock import RunLock, refuse_reuse
+    from segssl.runs.hydra_app import accept_run_folder
+    from segssl.runs.lock import RunLock, refuse_reuse
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     refuse_reuse(run_dir, "predict")  # before the lock: a run's stale lock stays as it is

@@ -12,11 +12,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from segssl.commands.hydra_app import accept_run_folder
 from segssl.data.readers import DataError
 from segssl.evaluation.checkpoints import build_method, read_checkpoint
-from segssl.utils.run import resolved_config, save_evaluation
-from segssl.utils.run_lock import RunLock, refuse_reuse
+from segssl.runs.hydra_app import accept_run_folder
+from segssl.runs.lock import RunLock, refuse_reuse
+from segssl.runs.results import resolved_config, save_evaluation
 
 log = logging.getLogger(__name__)
 

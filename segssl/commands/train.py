@@ -1,6 +1,7 @@
 """The ``train`` command: fit a method, then evaluate its best checkpoint and write results.
 
-Resuming a run is part of this command (``train resume=RUN_DIR``, ``commands/resume.py``)."""
+Resuming a run is part of this command (``train resume=RUN_DIR``, ``runs/resume.py``); which
+checkpoints are tested is ``runs/checkpoints.py``."""
 
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
-from segssl.commands.hydra_app import accept_run_folder
-from segssl.commands.resume import (
+from segssl.data.datamodule import SemiSupervisedDataModule
+from segssl.methods.base import SegmentationMethod
+from segssl.runs.checkpoints import evaluate_best
+from segssl.runs.hydra_app import accept_run_folder
+from segssl.runs.lock import RunFolderError, RunLock, explicit_run_dir, refuse_reuse
+from segssl.runs.results import resolved_config
+from segssl.runs.resume import (
     ResumeError,
     checkpoint_to_resume,
     plan_resume,
@@ -29,14 +35,10 @@ from segssl.commands.resume import (
     resumed_seed,
     write_run_state,
 )
-from segssl.data.datamodule import SemiSupervisedDataModule
-from segssl.methods.base import SegmentationMethod
 from segssl.utils.callbacks import StepTimer
 from segssl.utils.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
 from segssl.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from segssl.utils.loggers import run_hyperparameters
-from segssl.utils.run import resolved_config, save_evaluation
-from segssl.utils.run_lock import RunFolderError, RunLock, explicit_run_dir, refuse_reuse
 from segssl.utils.settings_check import SettingsError, check_training_settings
 from segssl.utils.signals import install_stop_handlers
 from segssl.utils.trust import UntrustedInputError
@@ -144,67 +146,11 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return result
 
 
-def evaluate_best(
-    trainer: pl.Trainer,
-    method: SegmentationMethod,
-    datamodule: SemiSupervisedDataModule,
-    output_dir: Path,
-    config: dict[str, Any],
-    training: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Test the checkpoint selected on validation and the last one, each under its own label
-    (``test/best/...``, ``test/last/...``); write results.json and the per-case CSVs. The
-    selected one (best, or last when no validation ran) is the run's headline result."""
-    checkpoint, selection = best_checkpoint(trainer)
-    tested = {} if selection.startswith("last") else {"best": (checkpoint, selection)}
-    last = last_checkpoint(trainer)
-    if last:
-        why = "no validation ran: the last checkpoint is the only one" if not tested else "last"
-        tested["last"] = (last, why)
-    split = datamodule.resolve_test_split()
-    stage = "test" if split == datamodule.test_split else "test_on_val"
-    evaluations: dict[str, dict[str, Any]] = {}
-    for label, (path, why) in tested.items():
-        method.evaluation_stage = f"{stage}/{label}"
-        trainer.test(method, datamodule=datamodule, ckpt_path=path, verbose=False)
-        summary = method.evaluation_results[method.evaluation_stage]
-        evaluations[label] = {"checkpoint": path, "selection": why, "summary": summary}
-    selected = evaluations["best" if "best" in evaluations else "last"]
-    save_evaluation(
-        output_dir,
-        selected["summary"],
-        split=split,
-        checkpoint=selected["checkpoint"],
-        config=config,
-        extra=_extra(selection, training),
-        evaluations=evaluations,
-    )
-    return selected["summary"]
-
-
-def _extra(selection: str, training: dict[str, Any] | None) -> dict[str, Any] | None:
-    extra: dict[str, Any] = {}
-    if selection.startswith("next-best"):  # said only when a damaged best was skipped
-        extra["selection"] = selection
-    if training:
-        extra["training"] = training
-    return extra or None
-
-
 def step_timing(trainer: pl.Trainer) -> dict[str, Any] | None:
     """Seconds per training step from the run's StepTimer, with the device it ran on."""
     for callback in trainer.callbacks:
         if isinstance(callback, StepTimer) and callback.steps:
             return {**callback.summary(), "accelerator": type(trainer.accelerator).__name__}
-    return None
-
-
-def last_checkpoint(trainer: pl.Trainer) -> str | None:
-    """``last.ckpt`` of the run (written at every validation and at the end of training)."""
-    for callback in trainer.checkpoint_callbacks:
-        last = getattr(callback, "last_model_path", "")
-        if last and Path(last).is_file():
-            return last
     return None
 
 
@@ -249,29 +195,6 @@ def remember_wandb_run(output_dir: Path, loggers: list) -> None:
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             write_run_state(output_dir, wandb_id=logger.experiment.id)
-
-
-def best_checkpoint(trainer: pl.Trainer) -> tuple[str, str]:
-    """The checkpoint chosen on validation and how it was chosen; a best checkpoint that no
-    longer reads back is dropped (with a warning) for the next-best; the last one if
-    validation never ran."""
-    monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
-    callback = monitored[0] if monitored else trainer.checkpoint_callback
-    if isinstance(callback, RunCheckpoint):
-        best = callback.readable_best()
-        better = callback.dropped_better_than(best) if best else []
-        if better:
-            names = ", ".join(Path(p).name for p in better)
-            return best, f"next-best on validation (the better {names} does not read back)"
-    else:
-        best = getattr(callback, "best_model_path", "") if callback else ""
-    if best:
-        return best, "best on validation"
-    last = getattr(callback, "last_model_path", "") if callback else ""
-    if last and Path(last).is_file():
-        log.warning("No validation ran before the end of training: testing the last checkpoint.")
-        return last, "last (no validation ran)"
-    raise RuntimeError("no checkpoint was saved; is callbacks.model_checkpoint disabled?")
 
 
 def _finish(logger: Any) -> None:

@@ -39,7 +39,7 @@ MODELS = {2: "unet2d", 3: "vnet"}
 
 def model_config(choice: str) -> dict[str, Any]:
     """The packaged ``conf/model/<choice>.yaml`` as a plain dict."""
-    from segssl.commands.hydra_app import config_dir
+    from segssl.runs.hydra_app import config_dir
 
     config = OmegaConf.load(config_dir() / "model" / f"{choice}.yaml")
     return OmegaConf.to_container(config, resolve=False)
@@ -52,7 +52,7 @@ class PlanError(ValueError):
 def method_target(method: str) -> str:
     """The class ``conf/method/<method>.yaml`` builds, following its first parent method file
     (``dsaif.yaml`` -> ``cps.yaml``), so a new method needs no entry here."""
-    from segssl.commands.hydra_app import config_dir
+    from segssl.runs.hydra_app import config_dir
 
     name, seen = method, []
     while name not in seen:

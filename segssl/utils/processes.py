@@ -1,5 +1,5 @@
 """Whether the process that left a file behind (a run lock, a half-written temporary) still
-runs on this host: the one check both ``run_lock`` and ``atomic`` trust before they take over or
+runs on this host: the one check both ``runs/lock`` and ``atomic`` trust before they take over or
 remove what that process owns."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ no list to edit."""
 
 from __future__ import annotations
 
-from segssl.commands.hydra_app import config_dir
+from segssl.runs.hydra_app import config_dir
 
 
 def group_options(group: str) -> list[str]:

@@ -269,7 +269,7 @@ def resume_overrides(argv: list[str]) -> list[str]:
     folder, its stored config, the overrides and the folder's owner. Returns the Hydra overrides
     that put the job into its own folder; the task records this start itself (not Hydra, whose
     snapshot would show the resuming command's defaults)."""
-    from segssl.utils.run_lock import RunFolderBusy, busy_message, live_holder
+    from segssl.runs.lock import RunFolderBusy, busy_message, live_holder
 
     value = resume_value(argv)
     if value is None:

@@ -38,7 +38,7 @@ def config_dir() -> Path:
     site-packages, where a ``conf/`` may belong to someone else. The checkout's ``conf/`` counts
     only beside the project's ``pyproject.toml``.
     """
-    package = Path(__file__).resolve().parent.parent  # segssl/, this file is segssl/commands/
+    package = Path(__file__).resolve().parent.parent  # segssl/, this file is segssl/runs/
     packaged, checkout = package / "conf", package.parent / "conf"
     if (packaged / "train.yaml").is_file():
         return packaged
@@ -158,7 +158,7 @@ class RunFolderCallback(Callback):
             _MADE_BY_HYDRA.add(folder)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        from segssl.utils.run_lock import RunFolderError, refuse_sweep_reuse
+        from segssl.runs.lock import RunFolderError, refuse_sweep_reuse
 
         sweep = _resolved_dir(config, "hydra.sweep.dir")
         if sweep is None:
@@ -343,7 +343,7 @@ class _Job:
     def _left_more(self) -> bool:
         """Whether the folder holds entries that were neither there when the run was accepted
         nor written by the acceptance (checkpoints, logs, results of the failed run)."""
-        from segssl.utils.run_lock import LOCK_NAME
+        from segssl.runs.lock import LOCK_NAME
 
         ours = {p.name for p in self.created if p.parent == self.folder}
         if set(os.listdir(self.folder)) - self.before - ours - {LOCK_NAME}:

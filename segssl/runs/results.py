@@ -94,7 +94,7 @@ def training_run_id(run_dir: Path) -> str:
     """The run's id from its run state, made (and stored there) by its first evaluation: a
     resume and a copy of the folder keep it, so its results stay one run. A damaged state file
     costs only the link to earlier results, never this result."""
-    from segssl.commands.resume import ResumeError, read_run_state, write_run_state
+    from segssl.runs.resume import ResumeError, read_run_state, write_run_state
 
     try:
         found = read_run_state(run_dir).get("run_id")
@@ -112,7 +112,7 @@ def evaluated_run(checkpoint: Path, run_config: dict[str, Any]) -> dict[str, Any
     """The training run a ``segssl test`` re-evaluated: the run folder the checkpoint lies in
     (``RUN/checkpoints/x.ckpt``) with its id when it has one, else the folder the run was
     trained in (its stored ``paths.output_dir``). Read only: nothing of that run is written."""
-    from segssl.commands.resume import ResumeError, read_run_state
+    from segssl.runs.resume import ResumeError, read_run_state
 
     checkpoint = checkpoint.expanduser().resolve()
     if checkpoint.parent.name != "checkpoints":
