@@ -356,3 +356,39 @@ def test_a_logger_built_by_hand_keeps_wandb_defaults() -> None:
     from segssl.utils.loggers import _identity_names
 
     assert _identity_names({"project": "p", "group": "auto", "name": "auto"}) == {"project": "p"}
+
+
+@pytest.mark.slow
+def test_a_2x2_multirun_is_one_wandb_group_of_four_named_jobs(tmp_path: Path) -> None:
+    """``train -m method=cps,supervised seed=0,1 logger=wandb``, read back from the offline
+    .wandb files: one group holds the sweep's 4 jobs, each run's name says method and seed,
+    the group choices are top-level config, the summary keeps best and last validation Dice,
+    and each run logged a per-case table at test."""
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY, segssl_env
+    from tests.wandb_records import records, run_contents
+
+    sweep = tmp_path / "multirun" / "2026-12-05_11-10-44-123456"
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    done = subprocess.run(
+        [sys.executable, "-m", "segssl", "train", "-m", *overrides, "logger=wandb",
+         "method=cps,supervised", "seed=0,1", f"hydra.sweep.dir={sweep}",
+         f"paths.data_dir={tmp_path / 'data'}"],  # fmt: skip
+        cwd=tmp_path, env=segssl_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    seen = {}
+    for job in sorted(sweep.glob("[0-9]")):
+        (run_dir,) = (job / "wandb").glob("offline-run-*")
+        contents = run_contents(run_dir)
+        (run,) = [r.run for r in records(next(run_dir.glob("*.wandb"))) if r.HasField("run")]
+        config = contents["config"]
+        seen[(config["method"], config["seed"])] = (contents["group"], run.display_name)
+        assert set(contents["summary"]["val/dice"]) == {"max", "last"}
+        assert any("test/best/per_case/path" in row for row in contents["history"])
+    assert set(seen) == {("cps", 0), ("cps", 1), ("supervised", 0), ("supervised", 1)}
+    assert {group for group, _ in seen.values()} == {f"synthetic/{sweep.name}"}
+    for (method, seed), (_, name) in seen.items():
+        assert name.startswith(f"{method}-l1-s{seed}-"), name
