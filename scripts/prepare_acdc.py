@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from segssl.data.conversion import run_conversion
 from segssl.data.prepare_acdc import prepare_acdc
-from segssl.data.readers import DataError
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -38,21 +37,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the conversion; a data error is one line on stderr and exit status 1."""
     args = parse_args(argv)
-    start = time.perf_counter()
-    try:
-        counts = prepare_acdc(
-            args.raw_dir,
-            args.out_dir,
-            overwrite=args.overwrite,
-            all_slices=args.all_slices,
-            log=None if args.quiet else print,
-        )
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    summary = ", ".join(f"{name}: {n}" for name, n in counts.items())
-    print(f"wrote {args.out_dir} in {time.perf_counter() - start:.1f}s ({summary})")
-    return 0
+    return run_conversion(
+        prepare_acdc,
+        args.raw_dir,
+        args.out_dir,
+        overwrite=args.overwrite,
+        all_slices=args.all_slices,
+        log=None if args.quiet else print,
+    )
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from segssl.data.conversion import run_conversion
 from segssl.data.prepare_promise12 import prepare_promise12
-from segssl.data.readers import DataError
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -36,20 +35,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the conversion; a data error is one line on stderr and exit status 1."""
     args = parse_args(argv)
-    start = time.perf_counter()
-    try:
-        counts = prepare_promise12(
-            args.raw_dir,
-            args.out_dir,
-            overwrite=args.overwrite,
-            log=None if args.quiet else print,
-        )
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    summary = ", ".join(f"{name}: {n}" for name, n in counts.items())
-    print(f"wrote {args.out_dir} in {time.perf_counter() - start:.1f}s ({summary})")
-    return 0
+    return run_conversion(
+        prepare_promise12,
+        args.raw_dir,
+        args.out_dir,
+        overwrite=args.overwrite,
+        log=None if args.quiet else print,
+    )
 
 
 if __name__ == "__main__":

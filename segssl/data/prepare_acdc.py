@@ -42,6 +42,7 @@ import nibabel as nib
 import numpy as np
 
 from segssl.data import image_io
+from segssl.data.conversion import check_target, write_lists
 from segssl.data.readers import DataError
 from segssl.utils.atomic import staged_folder
 
@@ -243,26 +244,6 @@ def build_lists(depths: dict[str, int], patients: list[int]) -> dict[str, list[s
     return {name: ids for name, ids in lists.items() if ids}
 
 
-def check_target(out_dir: Path, raw_dir: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out_dir`` unless ``overwrite``, and never one that is not ours."""
-    out, raw = out_dir.resolve(), raw_dir.resolve()
-    if out == raw or out in raw.parents:
-        raise DataError(f"output folder {out_dir} must not contain the raw data folder {raw_dir}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"output path {out_dir} exists and is not a folder")
-    entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
-    if not entries:
-        return
-    if not overwrite:
-        raise DataError(f"output folder {out_dir} is not empty; pass --overwrite to replace it")
-    foreign = [name for name in entries if name != "data" and name not in LIST_NAMES]
-    if foreign:
-        raise DataError(
-            f"refusing to overwrite {out_dir}: it holds {foreign[:5]}, which this converter "
-            "does not write (expected only data/ and *.list); remove it yourself"
-        )
-
-
 def convert_patient(patient_dir: Path, data_dir: Path, with_slices: bool) -> dict[str, int]:
     """Write both frames of one patient; returns the depth of each volume written."""
     frames = phase_frames(patient_dir / "Info.cfg")
@@ -290,7 +271,7 @@ def prepare_acdc(
     every volume with ``all_slices``. Nothing appears at ``out_dir`` unless all succeeds.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    check_target(out_dir, raw_dir, overwrite)
+    check_target(out_dir, raw_dir, overwrite, image_dir="data", list_names=LIST_NAMES)
     patient_dirs = find_patient_dirs(raw_dir)
     depths: dict[str, int] = {}
     # an existing out_dir passed check_target: it is replaced only once everything is written
@@ -304,6 +285,5 @@ def prepare_acdc(
             with_slices = all_slices or split == "train"
             depths.update(convert_patient(patient_dir, data_dir, with_slices))
         lists = build_lists(depths, list(patient_dirs))
-        for name, ids in lists.items():
-            (staging / name).write_text("".join(f"{i}\n" for i in ids))
-    return {name: len(ids) for name, ids in lists.items()}
+        counts = write_lists(staging, lists)
+    return counts

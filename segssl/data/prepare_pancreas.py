@@ -51,6 +51,7 @@ import nibabel as nib
 import numpy as np
 
 from segssl.data import image_io
+from segssl.data.conversion import check_target, write_lists
 from segssl.data.readers import DataError
 from segssl.data.resample import resize
 from segssl.utils.atomic import staged_folder
@@ -197,26 +198,6 @@ def build_lists(numbers: list[int]) -> dict[str, list[str]]:
     return {name: ids for name, ids in lists.items() if ids}
 
 
-def check_target(out_dir: Path, raw_dir: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out_dir`` unless ``overwrite``, and never one that is not ours."""
-    out, raw = out_dir.resolve(), raw_dir.resolve()
-    if out == raw or out in raw.parents:
-        raise DataError(f"output folder {out_dir} must not contain the raw data folder {raw_dir}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"output path {out_dir} exists and is not a folder")
-    entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
-    if not entries:
-        return
-    if not overwrite:
-        raise DataError(f"output folder {out_dir} is not empty; pass --overwrite to replace it")
-    foreign = [name for name in entries if name != IMAGE_DIR and name not in LIST_NAMES]
-    if foreign:
-        raise DataError(
-            f"refusing to overwrite {out_dir}: it holds {foreign[:5]}, which this converter "
-            f"does not write (expected only {IMAGE_DIR}/ and *.list); remove it yourself"
-        )
-
-
 def prepare_pancreas(
     raw_dir: Path | str,
     out_dir: Path | str,
@@ -230,7 +211,7 @@ def prepare_pancreas(
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
         raise DataError(f"margin={margin!r}: expected an int >= 0 (voxels)")
-    check_target(out_dir, raw_dir, overwrite)
+    check_target(out_dir, raw_dir, overwrite, image_dir=IMAGE_DIR, list_names=LIST_NAMES)
     cases = find_cases(raw_dir)
     with staged_folder(out_dir, replace=True) as staging:
         (staging / IMAGE_DIR).mkdir()
@@ -247,6 +228,5 @@ def prepare_pancreas(
                 source=image_path.name,
             )
         lists = build_lists(list(cases))
-        for name, ids in lists.items():
-            (staging / name).write_text("".join(f"{i}\n" for i in ids))
-    return {name: len(ids) for name, ids in lists.items()}
+        counts = write_lists(staging, lists)
+    return counts
