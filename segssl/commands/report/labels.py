@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from segssl.commands.report.runs import flat_values
+
 # group choices and the config keys that name them in runs without .hydra/hydra.yaml
 CHOICE_KEYS = {
     "method": ("method_name",),
@@ -79,7 +81,7 @@ def read_facts(folder: Path) -> RunFacts:
     config = _yaml(hydra / "config.yaml")
     derived: dict[str, str] = {}
     if isinstance(config, dict):
-        for key, value in _flat(config).items():
+        for key, value in flat_values(config).items():
             if isinstance(value, str) and "${" in value:
                 match = _REFERENCE.match(value)
                 derived[key] = match.group(1) if match else ""
@@ -236,17 +238,6 @@ def _yaml(path: Path) -> Any:
         return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, ValueError, yaml.YAMLError):
         return None
-
-
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, item in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(item, dict):
-            flat.update(_flat(item, f"{name}."))
-        else:
-            flat[name] = item
-    return flat
 
 
 def _shown(key: str, value: Any) -> str:

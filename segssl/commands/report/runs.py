@@ -469,16 +469,21 @@ def comparable_protocol(run: Run) -> dict[str, Any]:
     return {k: v for k, v in protocol.items() if k not in ignored}
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Dotted keys -> JSON values (hashable and comparable)."""
-    flat: dict[str, str] = {}
+def flat_values(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys -> the values of the leaves of a nested config."""
+    flat: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
+            flat.update(flat_values(value, f"{name}."))
         else:
-            flat[name] = json.dumps(value, sort_keys=True)
+            flat[name] = value
     return flat
+
+
+def flatten(config: dict[str, Any]) -> dict[str, str]:
+    """Dotted keys -> JSON values (hashable and comparable)."""
+    return {k: json.dumps(v, sort_keys=True) for k, v in flat_values(config).items()}
 
 
 def is_ignored(key: str) -> bool:
