@@ -130,7 +130,7 @@ class AdaptiveBidirectionalDisplacementBCP(BidirectionalCopyPaste):
 
     # -- losses --------------------------------------------------------------------------------
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
+        labeled = batch["labeled"]
         images, labels = labeled["image_1"], labeled["label"][:, 0]
         if images.ndim != 4:
             raise ValueError(f"method=abd_bcp is 2-D: got images of shape {tuple(images.shape)}")
@@ -147,14 +147,7 @@ class AdaptiveBidirectionalDisplacementBCP(BidirectionalCopyPaste):
             losses["loss"] = losses["loss"] + 0.0 * unused
             return losses
         check_grid(*images.shape[-2:], self.grid)
-        if unlabeled is None or unlabeled["image_1"].shape[0] != n or n % 2:
-            got = 0 if unlabeled is None else unlabeled["image_1"].shape[0]
-            raise ValueError(
-                f"method=abd_bcp pairs labeled and unlabeled halves: it needs as many unlabeled "
-                f"as labeled images per step, an even number; got {n} labeled and {got} "
-                "unlabeled (set data.labeled_batch_size to half of data.batch_size, an even "
-                "number)"
-            )
+        unlabeled = self.paired_unlabeled(batch, n)
         # the two views: weak (network 1) and strong (network 2), labels of each
         both = torch.cat([labeled["image_2"], unlabeled["image_2"]])
         strong, strong_labels = cutout_jitter(both, labels, self.cutout_p, self.jitter)

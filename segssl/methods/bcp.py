@@ -186,6 +186,20 @@ class BidirectionalCopyPaste(SegmentationMethod):
         self.track_labeled(student, logits, paste(ya, yb, mask).long()[:, None])
         return {"loss": (dice + ce) / 2, "mix_dice": dice, "mix_ce": ce}
 
+    def paired_unlabeled(self, batch: dict, n: int) -> dict:
+        """The unlabeled half of the batch, refused unless it pairs with the ``n`` labeled
+        images (as many, an even number): each mixed image takes one of each."""
+        unlabeled = batch.get("unlabeled")
+        if unlabeled is None or unlabeled["image_1"].shape[0] != n or n % 2:
+            got = 0 if unlabeled is None else unlabeled["image_1"].shape[0]
+            raise ValueError(
+                f"method={self.config_name} pairs labeled and unlabeled halves: it needs as many "
+                f"unlabeled as labeled images per step, an even number; got {n} labeled and "
+                f"{got} unlabeled (set data.labeled_batch_size to half of data.batch_size, an "
+                "even number)"
+            )
+        return unlabeled
+
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         labeled = batch["labeled"]
         images, labels = labeled["image_1"], labeled["label"][:, 0]
@@ -202,14 +216,7 @@ class BidirectionalCopyPaste(SegmentationMethod):
         )
         if self.global_step < self.boundary():
             return self.pretrain_losses(la, lb, ya, yb, mask)
-        unlabeled = batch.get("unlabeled")
-        if unlabeled is None or unlabeled["image_1"].shape[0] != n or n % 2:
-            got = 0 if unlabeled is None else unlabeled["image_1"].shape[0]
-            raise ValueError(
-                f"method=bcp pairs labeled and unlabeled halves: it needs as many unlabeled as "
-                f"labeled images per step, an even number; got {n} labeled and {got} unlabeled "
-                "(set data.labeled_batch_size to half of data.batch_size, an even number)"
-            )
+        unlabeled = self.paired_unlabeled(batch, n)
         student_u, teacher_u = unlabeled["image_1"], unlabeled["image_2"]
         plab_a = self.pseudo_label(teacher_u[:half])
         plab_b = self.pseudo_label(teacher_u[half:])
