@@ -41,6 +41,7 @@ NORMALIZATIONS = ("minmax", "zscore", "none", "ct")
 # the dataset-wide numbers of ``ct`` normalisation (data.layout_options.intensity)
 INTENSITY_KEYS = ("low", "high", "mean", "std")
 INTENSITY_KEY = "data.layout_options.intensity"
+# earlier segssl versions named masks <input>_pred: such files in an input folder are skipped
 PRED_SUFFIX = "_pred"
 
 
@@ -113,12 +114,6 @@ def stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
-
-
-def output_name(path: Path) -> str:
-    """``<name>_pred`` with the suffix of the input's format (NIfTI is always written gzipped)."""
-    suffix = {"nifti": ".nii.gz", "h5": ".h5", "png": ".png"}[image_kind(path) or ""]
-    return f"{stem(path)}{PRED_SUFFIX}{suffix}"
 
 
 def list_inputs(inputs: str | Path | list) -> list[Path]:
