@@ -13,20 +13,10 @@ import pytest
 
 from segssl.cli import main
 from tests.conftest import segssl_env
+from tests.helpers.cli import run_cli
 
 # data that fail once the run has started (the ACDC layout, a folder that is not there)
 MISSING = ["data=acdc", "logger=none"]
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """``python -m segssl ARGS`` in this process: its exit code and what it printed."""
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exit_info:
-        code = exit_info.code if isinstance(exit_info.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from segssl.cli import main
 from segssl.runs.hydra_app import HYDRA_FILES, PendingFileHandler, _Job
 from segssl.runs.lock import LOCK_NAME
 from tests.conftest import TINY, start_segssl
+from tests.helpers.cli import run_cli
 from tests.test_trust import checkpoint, image  # noqa: F401 - fixtures
 
 SMALL = [*TINY, "model.features=[4,4,8,8,16,4]"]
@@ -51,17 +51,6 @@ def fake_training_run(folder: Path, seed: int = 1, labeled: int = 2) -> Path:
     (folder / "results.json").write_text(json.dumps({"config": {"seed": seed}}))
     (folder / "hydra_app.log").write_text("the run's own log\n")
     return folder
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """``python -m segssl ARGS`` in this process: its exit code and what it printed."""
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exit_info:
-        code = exit_info.code if isinstance(exit_info.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 @pytest.fixture
