@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
 
 from segssl.methods import AdaptiveBidirectionalDisplacementBCP
 from segssl.methods import abd_bcp as abd_bcp_module
@@ -20,6 +19,7 @@ from segssl.methods.mixing import (
 )
 from segssl.methods.region_losses import soft_dice_loss
 from tests.conftest import TINY, compose_config
+from tests.helpers.networks import Recorder
 
 MODEL = {"_target_": "segssl.models.unet.UNet", "in_channels": 1, "out_channels": 4,
          "features": [4, 4, 8, 8, 8]}  # fmt: skip
@@ -81,19 +81,6 @@ def test_mixed_displacement_is_kl_guided_or_takes_the_most_confident_patch():
 
 
 # -- the core step ---------------------------------------------------------------------------
-class Recorder(nn.Module):
-    """A fake network: fixed logits, and a record of every input."""
-
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
-        self.logits, self.inputs = logits, []
-        self.scale = nn.Parameter(torch.ones(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.clone())
-        return self.logits[: x.shape[0]] * self.scale
-
-
 def fake_batch(n: int = 4) -> dict:
     g = torch.Generator().manual_seed(0)
 

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
 
 from segssl.methods import AlternateDiverseTeaching
 from segssl.methods import admt as admt_module
@@ -17,6 +16,7 @@ from segssl.methods.admt import combat_conflicts, fuse_teachers
 from segssl.methods.mixing import beta_cutmix_boxes
 from segssl.methods.region_losses import dice_ce_loss, soft_dice_loss
 from tests.conftest import TINY
+from tests.helpers.networks import Recorder
 
 MODEL = {"_target_": "segssl.models.unet.UNet", "in_channels": 1, "out_channels": 3,
          "features": [4, 4, 8, 8, 8]}  # fmt: skip
@@ -160,20 +160,6 @@ def test_ema_decay_is_a_copy_during_warm_up_then_ramps_to_its_cap():
 
 
 # -- the core step ---------------------------------------------------------------------------
-class Recorder(nn.Module):
-    """A fake network: fixed logits, a record of every input and of its train/eval mode."""
-
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
-        self.logits, self.inputs, self.modes = logits, [], []
-        self.scale = nn.Parameter(torch.ones(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.clone())
-        self.modes.append(self.training)
-        return self.logits[: x.shape[0]] * self.scale
-
-
 def fake_batch(n: int = 2) -> dict:
     g = torch.Generator().manual_seed(0)
 

@@ -16,6 +16,7 @@ from segssl.methods.mixing import copy_paste_mask, largest_component, paste
 from segssl.methods.region_losses import soft_dice_loss
 from segssl.methods.steps import resolve_steps
 from tests.conftest import TINY
+from tests.helpers.networks import Recorder
 
 MODEL = {"_target_": "segssl.models.unet.UNet", "in_channels": 1, "out_channels": 4,
          "features": [4, 4, 8, 8, 8]}  # fmt: skip
@@ -70,19 +71,6 @@ def test_largest_component_per_class_with_8_connectivity():
     expected[0, 0, 9] = 2
     expected[1, 3, 3] = 3
     assert torch.equal(out, expected)
-
-
-class Recorder(nn.Module):
-    """A fake network: fixed logits from the input's mean, and a record of every input."""
-
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
-        self.logits, self.inputs = logits, []
-        self.scale = nn.Parameter(torch.ones(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.clone())
-        return self.logits[: x.shape[0]] * self.scale
 
 
 def fake_batch(n: int = 4, size: int = 12) -> dict:
