@@ -30,6 +30,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from segssl.commands.filter import main as filter_cli
+from segssl.data.image_io import read_slice
 from segssl.filters import (
     dequantise,
     dual_tree_filter,
@@ -41,7 +42,6 @@ from segssl.filters import (
 from segssl.filters.panel import (
     PANEL_TITLES,
     build_filter_panel,
-    load_image_for_panel,
     render_filter_panel,
 )
 from segssl.filters.reference import (
@@ -562,57 +562,57 @@ def test_panel_rejects_bad_input(tmp_path: Path) -> None:
         render_filter_panel(np.eye(4), tmp_path / "panel.jpg")
 
 
-def test_load_image_for_panel_formats(tmp_path: Path) -> None:
+def test_read_slice_formats(tmp_path: Path) -> None:
     import nibabel as nib
 
     volume = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     with h5py.File(tmp_path / "vol.h5", "w") as file:
         file["image"] = volume
-    assert np.array_equal(load_image_for_panel(tmp_path / "vol.h5"), volume[2])
-    assert np.array_equal(load_image_for_panel(tmp_path / "vol.h5", 1, axis=2), volume[:, :, 1])
+    assert np.array_equal(read_slice(tmp_path / "vol.h5"), volume[2])
+    assert np.array_equal(read_slice(tmp_path / "vol.h5", 1, axis=2), volume[:, :, 1])
     (tmp_path / "la").mkdir()
     with h5py.File(tmp_path / "la" / "mri_norm2.h5", "w") as file:
         file["image"] = volume
-    assert np.array_equal(load_image_for_panel(tmp_path / "la" / "mri_norm2.h5"), volume[..., 3])
+    assert np.array_equal(read_slice(tmp_path / "la" / "mri_norm2.h5"), volume[..., 3])
     with h5py.File(tmp_path / "slice.h5", "w") as file:
         file["image"] = volume[0]
-    assert np.array_equal(load_image_for_panel(tmp_path / "slice.h5"), volume[0])
+    assert np.array_equal(read_slice(tmp_path / "slice.h5"), volume[0])
 
     nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "vol.nii.gz")
-    assert np.array_equal(load_image_for_panel(tmp_path / "vol.nii.gz", 4), volume[..., 4])
+    assert np.array_equal(read_slice(tmp_path / "vol.nii.gz", 4), volume[..., 4])
 
     # one PNG rule with predict (segssl.data.image_io): grey stored as RGB is read as its grey
     # values, a colour image is refused
     grey = (np.arange(42).reshape(6, 7) * 6).astype(np.uint8)
     mpimg.imsave(tmp_path / "img.png", np.repeat(grey[..., None], 3, axis=2))
-    gray = load_image_for_panel(tmp_path / "img.png")
+    gray = read_slice(tmp_path / "img.png")
     assert gray.shape == (6, 7) and gray.dtype == np.float32
     assert np.array_equal(gray, grey)
     rgb = np.zeros((6, 7, 3), dtype=np.float32)
     rgb[..., 1] = 1.0
     mpimg.imsave(tmp_path / "colour.png", rgb)
     with pytest.raises(ValueError, match=r"colour\.png: colour PNG"):
-        load_image_for_panel(tmp_path / "colour.png")
+        read_slice(tmp_path / "colour.png")
 
 
-def test_load_image_for_panel_errors(tmp_path: Path) -> None:
+def test_read_slice_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.h5"):
-        load_image_for_panel(tmp_path / "missing.h5")
+        read_slice(tmp_path / "missing.h5")
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="notes.txt.*unsupported"):
-        load_image_for_panel(tmp_path / "notes.txt")
+        read_slice(tmp_path / "notes.txt")
     with h5py.File(tmp_path / "nokey.h5", "w") as file:
         file["label"] = np.zeros((3, 3))
     with pytest.raises(ValueError, match=r"nokey.h5.*'image'.*\['label'\]"):
-        load_image_for_panel(tmp_path / "nokey.h5")
+        read_slice(tmp_path / "nokey.h5")
     with h5py.File(tmp_path / "vol.h5", "w") as file:
         file["image"] = np.zeros((3, 4, 5))
     with pytest.raises(ValueError, match="vol.h5.*slice_index=9"):
-        load_image_for_panel(tmp_path / "vol.h5", 9)
+        read_slice(tmp_path / "vol.h5", 9)
     with h5py.File(tmp_path / "vec.h5", "w") as file:
         file["image"] = np.zeros(5)
     with pytest.raises(ValueError, match=r"vec.h5.*shape \(5,\)"):
-        load_image_for_panel(tmp_path / "vec.h5")
+        read_slice(tmp_path / "vec.h5")
 
 
 def test_filter_command_writes_a_panel(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -626,7 +626,7 @@ def test_filter_command_writes_a_panel(tmp_path: Path, capsys: pytest.CaptureFix
 @pytest.mark.skipif(not (ACDC / "val.list").is_file(), reason=f"ACDC data not found in {ACDC}")
 def test_panel_from_acdc_slice(tmp_path: Path) -> None:
     volume_id = (ACDC / "val.list").read_text().split()[0]
-    image = load_image_for_panel(ACDC / "data" / f"{volume_id}.h5")
+    image = read_slice(ACDC / "data" / f"{volume_id}.h5")
     out = render_filter_panel(image, tmp_path / "acdc.png", 50, title=volume_id, dpi=40)
     assert mpimg.imread(out).shape[:2] == (176, 800)
 

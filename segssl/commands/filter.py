@@ -6,7 +6,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from segssl.filters.panel import load_image_for_panel, render_filter_panel
+from segssl.data.image_io import read_slice
+from segssl.filters.panel import render_filter_panel
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--axis",
         type=int,
         default=None,
-        help="slice axis of a 3-D volume (default: see load_image_for_panel)",
+        help="slice axis of a 3-D volume (default: see segssl.data.image_io.read_slice)",
     )
     parser.add_argument("--title", default=None)
     return parser
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
-    image = load_image_for_panel(args.input, args.slice_index, args.axis)
+    image = read_slice(args.input, args.slice_index, args.axis)
     title = args.title or args.input.name
     out = render_filter_panel(image, args.out, args.area_threshold, args.connectivity, title)
     print(f"wrote {out}")

@@ -43,6 +43,7 @@ INTENSITY_KEYS = ("low", "high", "mean", "std")
 INTENSITY_KEY = "data.layout_options.intensity"
 # earlier segssl versions named masks <input>_pred: such files in an input folder are skipped
 PRED_SUFFIX = "_pred"
+LA_FILE_NAME = "mri_norm2.h5"  # UA-MT's LA volumes are stored (H, W, D), unlike ACDC's (D, H, W)
 
 
 @dataclass(frozen=True)
@@ -367,6 +368,50 @@ def read_png(path: Path) -> np.ndarray:
             )
         array = colour[..., 0]
     return array.astype(np.float32)
+
+
+def read_slice(
+    path: str | Path, slice_index: int | None = None, axis: int | None = None
+) -> np.ndarray:
+    """Read one 2-D float32 image from an h5 file (key ``image``), a NIfTI file or a greyscale
+    PNG, as ``predict`` reads them (so a colour PNG is refused); the ``filter`` panel's input.
+
+    For a 3-D volume, ``slice_index`` picks the slice along ``axis`` (default: the middle slice).
+    Default axis: 0 for h5 volumes (ACDC stores (D, H, W)) except LA's ``mri_norm2.h5`` and NIfTI
+    files, which store the slice axis last (-1).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    name = path.name.lower()
+    if name.endswith((".h5", ".hdf5")):
+        array = read_h5(path)
+        default_axis = -1 if name == LA_FILE_NAME else 0
+    elif name.endswith((".nii", ".nii.gz")):
+        array, default_axis = read_nifti(path)[1], -1
+    elif name.endswith(".png"):
+        array, default_axis = read_png(path), 0
+    else:
+        raise ValueError(f"{path}: unsupported file type, expected .h5/.hdf5, .nii/.nii.gz or .png")
+    image = _pick_slice(array, path, slice_index, default_axis if axis is None else axis)
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def _pick_slice(array: np.ndarray, path: Path, slice_index: int | None, axis: int) -> np.ndarray:
+    """2-D arrays pass through; 3-D ones give one slice; anything else is an error."""
+    if array.ndim == 2:
+        return array
+    if array.ndim != 3:
+        raise ValueError(f"{path}: image has shape {array.shape}, expected a 2-D or 3-D array")
+    if not -3 <= axis < 3:
+        raise ValueError(f"{path}: axis={axis} out of range for a 3-D image of shape {array.shape}")
+    size = array.shape[axis]
+    index = size // 2 if slice_index is None else slice_index
+    if not -size <= index < size:
+        raise ValueError(
+            f"{path}: slice_index={slice_index} out of range for {size} slices along axis {axis}"
+        )
+    return np.take(array, index, axis=axis)
 
 
 # -- writers --------------------------------------------------------------------------------
