@@ -17,8 +17,8 @@ from segssl.data import resample
 from segssl.data.image_io import InputProtocol
 from segssl.data.layouts import make_layout
 from segssl.data.readers import DataError
-from segssl.evaluation.checkpoints import build_method, read_checkpoint
 from segssl.evaluation.inference import probs_to_labels
+from segssl.methods.from_checkpoint import build_method, read_checkpoint
 from tests.test_folder_data import folder_run, write_nifti
 
 SPACING = (0.8, 1.0, 3.0)  # anisotropic, as CT: thick slices along z

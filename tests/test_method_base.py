@@ -15,9 +15,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segssl.evaluation.checkpoints import build_method, read_checkpoint
 from segssl.evaluation.results import write_results
 from segssl.methods import Supervised
+from segssl.methods.from_checkpoint import build_method, read_checkpoint
 from segssl.runs.hydra_app import config_dir
 from segssl.runs.results import resolved_config
 from segssl.utils.trust import load_checkpoint

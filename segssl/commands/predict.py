@@ -39,9 +39,9 @@ from segssl.data.image_io import (
 )
 from segssl.data.layouts import LAYOUTS
 from segssl.data.readers import DataError
-from segssl.evaluation.checkpoints import build_method, read_checkpoint
 from segssl.evaluation.inference import ensemble_predict_fn, probs_to_labels
 from segssl.methods.base import PredictFn, SegmentationMethod
+from segssl.methods.from_checkpoint import build_method, read_checkpoint
 from segssl.utils.atomic import WriteError, atomic_path, write_text
 from segssl.utils.settings_check import SettingsError
 

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segssl.data.readers import DataError
-from segssl.evaluation.checkpoints import build_method, read_checkpoint
+from segssl.methods.from_checkpoint import build_method, read_checkpoint
 from segssl.runs.hydra_app import accept_run_folder
 from segssl.runs.lock import RunLock, refuse_reuse
 from segssl.runs.results import resolved_config, save_evaluation
