@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from segssl.commands.report.runs import flat_values
+from segssl.commands.report.config_keys import LOCATION_KEYS, flat_values
 
 # group choices and the config keys that name them in runs without .hydra/hydra.yaml
 CHOICE_KEYS = {
@@ -94,8 +94,6 @@ def override_key(text: str) -> str | None:
     key = text.split("=", 1)[0].lstrip("+~").split("@", 1)[0].strip()
     if not key or re.split(r"[./]", key)[0] in NOT_LABELS:  # hydra/launcher=... too
         return None
-    from segssl.commands.report.runs import LOCATION_KEYS
-
     return None if key.split(".")[-1] in LOCATION_KEYS else key
 
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from segssl.commands.report.config_keys import LOCATION_KEYS, flatten
+from segssl.commands.report.labels import label_groups
 from segssl.evaluation.metrics import METRIC_NAMES
 from segssl.evaluation.results import RESULTS_FILENAME, read_results
 
@@ -36,8 +38,6 @@ from segssl.evaluation.results import RESULTS_FILENAME, read_results
 FALLBACK_SELECTION_MODELS = ("ensemble", "net", "student")
 # checkpoint labels in the order reported, and how the report names them
 CHECKPOINTS = {"best": "best on validation", "last": "last"}
-# keys that say where things are, not what was run: never split groups
-LOCATION_KEYS = {"root", "save_dir", "dirpath", "cache_dir", "output_dir", "default_root_dir"}
 IGNORED_TOP = {"seed", "tags", "paths", "hydra", "resume", "logger"}
 # how a run is watched, not what it is: never split groups
 DISPLAY_KEYS = {"trainer.enable_progress_bar", "trainer.enable_model_summary",
@@ -469,23 +469,6 @@ def comparable_protocol(run: Run) -> dict[str, Any]:
     return {k: v for k, v in protocol.items() if k not in ignored}
 
 
-def flat_values(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted keys -> the values of the leaves of a nested config."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flat_values(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def flatten(config: dict[str, Any]) -> dict[str, str]:
-    """Dotted keys -> JSON values (hashable and comparable)."""
-    return {k: json.dumps(v, sort_keys=True) for k, v in flat_values(config).items()}
-
-
 def is_ignored(key: str) -> bool:
     parts = key.split(".")
     return (
@@ -504,8 +487,6 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
 def group_and_label(runs: Sequence[Run]) -> tuple[list[Group], list[str]]:
     """``group_runs`` and the notes on settings the groups differ in that their labels do not
     name (``segssl.commands.report.labels``)."""
-    from segssl.commands.report.labels import label_groups
-
     flats = [{k: v for k, v in flatten(r.config).items() if not is_ignored(k)} for r in runs]
     own = run_folder_keys(runs, flats)
     flats = [{k: v for k, v in flat.items() if k not in own} for flat in flats]
