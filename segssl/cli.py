@@ -33,7 +33,7 @@ COMMANDS: dict[str, Command] = {
         "segssl.commands.train:train",
         "train",
         "train a method, then test its best checkpoint (results.json)",
-        before_hydra="segssl.commands.train:check_before_hydra",
+        before_hydra="segssl.runs.run:check_before_hydra",
     ),
     "test": Command(
         "segssl.commands.test:test",
@@ -195,9 +195,9 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from segssl.planning.planner import PlanError
     from segssl.runs.lock import RunFolderError
     from segssl.runs.resume import ResumeError
+    from segssl.runs.settings_check import SettingsError
     from segssl.utils.atomic import WriteError
     from segssl.utils.checkpoint_io import DamagedCheckpointError
-    from segssl.utils.settings_check import SettingsError
     from segssl.utils.trust import UntrustedInputError
 
     return (

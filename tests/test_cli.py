@@ -65,7 +65,7 @@ def test_without_segssl_command_a_child_is_not_guessed(monkeypatch):
 
 
 def test_train_checks_run_before_hydra_and_skip_in_ddp_children(tmp_path, monkeypatch, capsys):
-    from segssl.commands.train import check_before_hydra
+    from segssl.runs.run import check_before_hydra
 
     missing = tmp_path / "no_such_run"
     monkeypatch.setenv("LOCAL_RANK", "0")

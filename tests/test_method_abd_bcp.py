@@ -230,8 +230,8 @@ def test_abd_bcp_trains_through_both_stages_with_dsaif(run_task):
 @pytest.mark.parametrize(("method", "trained"), [("abd_bcp", 2), ("admt", 1), ("bcp", 1)])
 def test_memory_check_counts_the_trained_networks(method, trained, tmp_path, tiny_data_dir):
     """ABD-BCP trains two of its three networks (the teacher has no gradients): the activation
-    estimate of ``segssl.utils.settings_check`` must count two, not one."""
-    from segssl.utils.settings_check import _trained_networks
+    estimate of ``segssl.runs.settings_check`` must count two, not one."""
+    from segssl.runs.settings_check import _trained_networks
 
     cfg = compose_config("train", [*TINY, f"method={method}"], tmp_path, tiny_data_dir)
     assert _trained_networks(cfg) == trained

@@ -18,7 +18,7 @@ from segssl.commands.predict import model_predict_fn, predict_files
 from segssl.data.readers import DataError
 from segssl.evaluation.inference import probs_to_labels
 from segssl.methods import CrossPseudoSupervision
-from segssl.utils.settings_check import SettingsError
+from segssl.runs.settings_check import SettingsError
 from tests.conftest import TINY, compose_config, save_as_lightning
 
 

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from segssl.utils import settings_check
-from segssl.utils.settings_check import SettingsError, activation_bytes, check_training_settings
+from segssl.models.footprint import BASIC_UNET_TENSORS
+from segssl.runs import settings_check
+from segssl.runs.settings_check import SettingsError, activation_bytes, check_training_settings
 from tests.conftest import TINY, compose_config
 
 GiB = 2**30
@@ -109,7 +110,7 @@ def test_activation_estimate_scales_with_size_batch_and_networks(tmp_path):
     teacher = activation_bytes(compose(tmp_path, ["data.image_size=64", "method=mean_teacher"]))
     assert base == 2 * one == 2 * teacher
     # BasicUNet 16..256 at 64x64: sum of channels x pixels over 5 levels = 126976 values
-    assert one == settings_check.TENSORS_PER_LEVEL["BasicUNet"] * 126976 * 4 * 4
+    assert one == BASIC_UNET_TENSORS * 126976 * 4 * 4
 
 
 @pytest.mark.parametrize("model", ["unet2d", "unet_ssl4mis"])

@@ -42,8 +42,8 @@ from segssl.data.readers import DataError
 from segssl.evaluation.inference import ensemble_predict_fn, probs_to_labels
 from segssl.methods.base import PredictFn, SegmentationMethod
 from segssl.methods.from_checkpoint import build_method, read_checkpoint
+from segssl.runs.settings_check import SettingsError
 from segssl.utils.atomic import WriteError, atomic_path, write_text
-from segssl.utils.settings_check import SettingsError
 
 log = logging.getLogger(__name__)
 

@@ -74,8 +74,8 @@ class AdaptiveBidirectionalDisplacementBCP(BidirectionalCopyPaste):
     student_name = "net1"
     selection_model = "net1"
     config_name = "abd_bcp"
-    # both pairs of trained networks get gradients (read by segssl.utils.settings_check)
-    trained_networks = 2
+    # networks 1 and 2 get gradients; the teacher follows by EMA
+    trained_networks = ("net1", "net2")
 
     def __init__(
         self,

@@ -111,6 +111,7 @@ def combat_conflicts(
 
 class AlternateDiverseTeaching(SegmentationMethod):
     network_names = ("student", "teacher_1", "teacher_2")
+    trained_networks = ("student",)  # the teachers follow by EMA, without gradients
     uses_unlabeled = True
     # the code's test script reads its best student on validation
     selection_model = "student"

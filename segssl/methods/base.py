@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from itertools import combinations
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
@@ -59,12 +59,13 @@ def softmax_of(network: Callable[[torch.Tensor], torch.Tensor]) -> PredictFn:
 
 
 class SegmentationMethod(pl.LightningModule):
-    """Base of all methods. A subclass sets ``network_names``, ``uses_unlabeled`` and
-    ``selection_model``, takes its own settings as keyword arguments (passing the rest on to
-    this constructor), and implements ``training_losses``, whose first key ``loss`` is
-    optimised and every key logged. Every constructor argument of the class chain is saved once,
-    as plain data, in ``hparams`` and the checkpoints (``segssl test`` rebuilds the method from
-    them): a new setting is one keyword argument and one line of the method's YAML.
+    """Base of all methods. A subclass sets ``network_names``, ``trained_networks``,
+    ``uses_unlabeled`` and ``selection_model``, takes its own settings as keyword arguments
+    (passing the rest on to this constructor), and implements ``training_losses``, whose first
+    key ``loss`` is optimised and every key logged. Every constructor argument of the class
+    chain is saved once, as plain data, in ``hparams`` and the checkpoints (``segssl test``
+    rebuilds the method from them): a new setting is one keyword argument and one line of the
+    method's YAML.
 
     Args:
         model: network config with ``_target_`` (``conf/model/``), plus our speed options
@@ -82,6 +83,10 @@ class SegmentationMethod(pl.LightningModule):
     """
 
     network_names: tuple[str, ...] = ("net",)
+    # the networks trained with gradients (those of ``trainable()``, one parameter group each;
+    # a mean teacher's teacher is not), declared with network_names: the memory estimates of
+    # the settings check and the planner read it without building the method
+    trained_networks: ClassVar[tuple[str, ...]] = ("net",)
     uses_unlabeled: bool = False
     # the model checkpoints are selected on (validation) and whose Dice is the run's headline;
     # stored in results.json so the report needs no table of methods

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 class BidirectionalCopyPaste(SegmentationMethod):
     network_names = ("student", "teacher")
+    trained_networks = ("student",)  # the teacher follows by EMA, without gradients
     uses_unlabeled = True
     # the official code evaluates (and selects) the student only
     selection_model = "student"

@@ -16,6 +16,7 @@ from segssl.methods.losses import SupervisedLoss, sigmoid_rampup
 
 class MeanTeacher(SegmentationMethod):
     network_names = ("student", "teacher")
+    trained_networks = ("student",)  # the teacher follows by EMA, without gradients
     uses_unlabeled = True
     # SSL4MIS evaluates (and selects) the student
     selection_model = "student"

@@ -46,6 +46,8 @@ class UpBlock(nn.Module):
 
 class UNet(nn.Module):
     """SSL4MIS's 2-D UNet. Input height and width must be multiples of 16 (four poolings).
+    That rule and its memory footprint are declared in ``segssl.models.footprint`` (read
+    before the network is built, without torch): change them there with the layers.
 
     Args:
         in_channels: image channels.

@@ -1,7 +1,8 @@
 """The 3-D VNet of the LA semi-supervised benchmarks (UA-MT, MC-Net, SS-Net...), so results are
 comparable with theirs: 16 base filters doubled at each of 4 down-sampling stages, plain (not
 residual) conv stages of 1/2/3/3/3 convolutions, batch norm + ReLU, transposed-conv up-sampling,
-encoder features added (not concatenated) to the decoder; about 9.4M parameters."""
+encoder features added (not concatenated) to the decoder; about 9.4M parameters. Its memory
+footprint is declared in ``segssl.models.footprint`` (read before it is built, without torch)."""
 
 from __future__ import annotations
 

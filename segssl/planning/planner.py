@@ -6,7 +6,7 @@ patch that fits the memory) and the semi-supervised protocols otherwise (SSL4MIS
 batch of 24 slices, half labeled; UA-MT's VNet and batch of 4 patches, half labeled; DSAIF's
 area threshold of 50 pixels at 256x256, scaled with the input's area).
 
-The memory rule uses ``segssl.utils.settings_check.activation_bytes``, whose per-architecture
+The memory rule uses ``segssl.models.footprint.activation_bytes``, whose per-architecture
 factors were measured with autograd's saved-tensor hooks, not guessed; only half the budget is
 planned for, since activations are a floor of the peak (weights, gradients, optimiser state,
 the backward pass's transient buffers and library workspaces come on top).
@@ -20,12 +20,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from segssl.utils.settings_check import activation_bytes
+from segssl.filters.area_threshold import (
+    REFERENCE_AREA_THRESHOLD,
+    REFERENCE_SHAPE,
+    scaled_area_threshold,
+)
+from segssl.models.footprint import activation_bytes, footprint_of
 
 ANISOTROPY_FOR_2D = 3.0  # nnU-Net's threshold for 2-D / anisotropic handling
 PLANNED_SHARE = 0.5  # of plan.gpu_memory_gb: activations are a floor of the peak
-DSAIF_AREA = 50  # the published area threshold (pixels) ...
-DSAIF_REFERENCE_PIXELS = 256 * 256  # ... at 256x256 slices
 MAX_BATCH_2D = 24  # SSL4MIS's ACDC batch (12 labeled)
 MIN_BATCH = 4
 BATCH_3D = 4  # UA-MT / SSL4MIS 3-D batch (2 labeled)
@@ -87,15 +90,23 @@ class Memory:
     def budget(self) -> float:
         return self.gpu_memory_gb * 2**30 * PLANNED_SHARE
 
-    def bytes(self, dims: int, size: Any, batch: int) -> int:
-        key = "image_size" if dims == 2 else "patch_size"
-        config = {
-            "model": dict(self.model),
-            "data": {key: size, "batch_size": batch, "num_classes": 2},
-            "method": {"_target_": self.method_target},
-            "trainer": {"precision": "32"},
-        }
-        return activation_bytes(OmegaConf.create(config))
+    def bytes(self, dims: int, size: Any, batch: int) -> int | None:
+        """None when the model reports no footprint or is not ``dims``-D."""
+        footprint = footprint_of(self.model)
+        if footprint is None or footprint.spatial_dims != dims:
+            return None
+        sides = footprint.sides(size)
+        if sides is None:
+            return None
+        return activation_bytes(footprint, sides, batch, "32", self.trained_networks)
+
+    @property
+    def trained_networks(self) -> int:
+        """The networks the method trains with gradients, as its class declares (imported
+        here, when a plan is made, not when this module is)."""
+        from hydra.utils import get_class
+
+        return len(get_class(self.method_target).trained_networks)
 
 
 @dataclass
@@ -274,7 +285,7 @@ def _slice_size_and_batch(plan: Plan, fingerprint: dict[str, Any], memory: Memor
         "data.batch_size",
         batch,
         f"{_gb(per_sample)} of activations per slice for the two networks (measured factors, "
-        f"segssl/utils/settings_check.py); {batch} x that = {_gb(batch * per_sample)} within half "
+        f"segssl/models/footprint.py); {batch} x that = {_gb(batch * per_sample)} within half "
         f"of plan.gpu_memory_gb={gpu_memory_gb:g} (capped at SSL4MIS's {MAX_BATCH_2D})",
     )
     plan.choose("data.labeled_batch_size", batch // 2, "half of each batch labeled (SSL4MIS)")
@@ -366,17 +377,16 @@ def _classes(plan: Plan, fingerprint: dict[str, Any]) -> None:
 def _dsaif_threshold(plan: Plan, dims: int) -> None:
     if dims == 2:
         side = plan.choices["data.image_size"]
-        pixels = side * side
+        shape = (side, side)
         what = f"{side}x{side} slices"
     else:
-        patch = plan.choices["data.patch_size"]
-        pixels = math.prod(patch)
-        what = "x".join(map(str, patch)) + " patches (the same share of the voxels)"
-    threshold = max(1, round(DSAIF_AREA * pixels / DSAIF_REFERENCE_PIXELS))
+        shape = tuple(plan.choices["data.patch_size"])
+        what = "x".join(map(str, shape)) + " patches (the same share of the voxels)"
+    share = REFERENCE_AREA_THRESHOLD / math.prod(REFERENCE_SHAPE)
     plan.choose(
         "filter.area_threshold",
-        threshold,
-        f"the published {DSAIF_AREA} pixels at 256x256 ({DSAIF_AREA / DSAIF_REFERENCE_PIXELS:.3%} "
+        scaled_area_threshold(shape),
+        f"the published {REFERENCE_AREA_THRESHOLD} pixels at 256x256 ({share:.3%} "
         f"of the image) scaled to {what}; the same value on a smaller input would remove "
         "relatively larger structures and make the views coarse",
     )

@@ -6,32 +6,30 @@ ZeroDivisionError, and a size the network cannot take fails deep inside MONAI af
 has been loaded. Each problem is named with the setting and what is expected; all problems are
 reported at once.
 
-The memory check is a rough, documented estimate (see ``activation_bytes``): it refuses only
-sizes whose activations alone exceed the free memory of the device, where training could not
-start anyway. ``SEGSSL_SKIP_MEMORY_CHECK=1`` skips it.
+What a network takes and keeps comes from its footprint (``segssl.models.footprint``), how many
+networks train with gradients from the method class (``trained_networks``); a network with no
+footprint is not checked. The memory check is a rough, documented estimate (see
+``segssl.models.footprint.activation_bytes``): it refuses only sizes whose activations alone
+exceed the free memory of the device, where training could not start anyway.
+``SEGSSL_SKIP_MEMORY_CHECK=1`` skips it.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from segssl.models import footprint as footprints
+from segssl.models.footprint import Footprint
+
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1  # numpy's seed range, used by seed_everything
-# Tensors kept for the backward pass per resolution level, in units of one feature map of that
-# level (the conv, norm and activation outputs of its encoder and decoder blocks), measured
-# with torch.autograd.graph.saved_tensors_hooks on one training forward: MONAI BasicUNet
-# 16..256 at 256 px 13.1 (19.9 at 64 px), AttentionUnet at 128 px 14.4, segssl VNet 10.0,
-# segssl's SSL4MIS UNet (dropout masks kept too) 15.9 at 256 px (18.7 at 96, 22.7 at 64).
-TENSORS_PER_LEVEL = {"BasicUNet": 13, "AttentionUnet": 14, "VNet": 10, "SSL4MISUNet": 16}
 # refuse above the free memory; warn above this share of it
 WARN_SHARE = 0.8
 
@@ -110,26 +108,9 @@ def _model_name(cfg: DictConfig) -> str:
     return f"model={choice} ({target})" if choice else f"model {target}"
 
 
-_ARCHITECTURES = {"basicunet": "BasicUNet", "attentionunet": "AttentionUnet", "vnet": "VNet"}
-
-
-def _architecture(model: dict[str, Any]) -> str | None:
-    """Which of the networks this module knows the config builds (MONAI aliases included)."""
-    target = str(model.get("_target_", ""))
-    if target == "segssl.models.unet.UNet":  # not MONAI's UNet, a different network
-        return "SSL4MISUNet"
-    return _ARCHITECTURES.get(target.rsplit(".", 1)[-1].lower())
-
-
-def _spatial_dims(model: dict[str, Any]) -> int | None:
-    architecture = _architecture(model)
-    if architecture == "VNet":
-        return 3
-    if architecture == "SSL4MISUNet":
-        return 2
-    if architecture is not None:
-        return int(model.get("spatial_dims", 3))  # MONAI's default is 3
-    return None
+def _footprint(cfg: DictConfig) -> Footprint | None:
+    model = _get(cfg, "model")
+    return footprints.footprint_of(model) if isinstance(model, dict) else None
 
 
 def _training_size(cfg: DictConfig, dims: int) -> tuple[str, Any]:
@@ -138,109 +119,44 @@ def _training_size(cfg: DictConfig, dims: int) -> tuple[str, Any]:
     return key, _get(cfg, key)
 
 
-def _as_sides(value: Any, dims: int) -> tuple[int, ...] | None:
-    sides = (value,) * dims if _is_int(value) else value
-    if not isinstance(sides, Sequence) or isinstance(sides, str) or len(sides) != dims:
-        return None
-    if not all(_is_int(s) and s > 0 for s in sides):
-        return None
-    return tuple(sides)
-
-
 def _size_problems(cfg: DictConfig) -> list[str]:
-    model = _get(cfg, "model")
-    if not isinstance(model, dict) or (dims := _spatial_dims(model)) is None:
+    if (footprint := _footprint(cfg)) is None:
         return []  # a network we know nothing about: it will say so itself
+    dims = footprint.spatial_dims
     key, value = _training_size(cfg, dims)
-    sides = _as_sides(value, dims)
+    sides = footprint.sides(value)
     what = "a positive int or 2 positive ints" if dims == 2 else f"{dims} positive ints"
     if sides is None:
         return [f"{key}={value!r}: expected {what} for {_model_name(cfg)}"]
-    architecture = _architecture(model)
-    if architecture == "AttentionUnet":
-        factor = math.prod(model.get("strides", [2, 2, 2, 2]))
-        if any(s % factor for s in sides):
-            return [
-                f"{key}={value!r}: {_model_name(cfg)} down-samples by {factor} and cannot pad: "
-                f"expected multiples of {factor} (e.g. {_nearest(sides, factor)})"
-            ]
-    elif architecture == "SSL4MISUNet" and any(s % 16 for s in sides):
-        return [
-            f"{key}={value!r}: {_model_name(cfg)} pools 4 times and concatenates skips without "
-            f"padding: expected multiples of 16 (e.g. {_nearest(sides, 16)})"
-        ]
-    elif architecture == "BasicUNet":
-        norm = str(model.get("norm", "instance")).lower()
-        bottleneck = [s // 16 for s in sides]
-        if min(bottleneck) < 1 or ("instance" in norm and math.prod(bottleneck) < 2):
-            return [
-                f"{key}={value!r}: {_model_name(cfg)} max-pools 4 times (1/16) and its "
-                f"instance norm needs more than one pixel there: expected sides of at least 32"
-            ]
-    # VNet pads any size to a multiple of 16 (segssl/models/vnet.py)
-    return []
-
-
-def _nearest(sides: tuple[int, ...], factor: int) -> str:
-    return "x".join(str(max(factor, round(s / factor) * factor)) for s in sides)
+    problem = footprint.size_problem(sides)
+    return [f"{key}={value!r}: {_model_name(cfg)} {problem}"] if problem else []
 
 
 # -- sizes the memory can hold ----------------------------------------------------------------
-def _feature_pyramid(model: dict[str, Any]) -> list[int] | None:
-    """Channels at each resolution level (full, 1/2, 1/4, ...) of a network we know."""
-    architecture = _architecture(model)
-    if architecture == "BasicUNet":
-        return [int(f) for f in model.get("features", [32, 32, 64, 128, 256, 32])[:5]]
-    if architecture == "AttentionUnet":
-        return [int(c) for c in model.get("channels", [])] or None
-    if architecture == "SSL4MISUNet":
-        return [int(f) for f in model.get("features", [16, 32, 64, 128, 256])[:5]]
-    if architecture == "VNet":
-        base = int(model.get("features", 16))
-        return [base * 2**level for level in range(5)]
-    return None
-
-
 def _trained_networks(cfg: DictConfig) -> int:
-    """Networks trained with gradients (a mean teacher's teacher runs without them)."""
+    """Networks trained with gradients, as the method class declares (a mean teacher's teacher
+    runs without them)."""
     from hydra.utils import get_class
-
-    from segssl.methods.base import SegmentationMethod
 
     try:
         cls = get_class(str(_get(cfg, "method._target_")))
     except Exception:  # noqa: BLE001 - an unknown method is reported when it is built
         return 1
-    declared = getattr(cls, "trained_networks", None)  # a method whose trainable() is partial
-    if isinstance(declared, int) and declared > 0:
-        return declared
-    names = getattr(cls, "network_names", ("net",))
-    overridden = getattr(cls, "trainable", None) is not SegmentationMethod.trainable
-    return 1 if overridden else len(names)
+    return len(getattr(cls, "trained_networks", ())) or 1
 
 
 def activation_bytes(cfg: DictConfig) -> int | None:
-    """Rough activation memory of one training step on one device, or None for an unknown
-    network: ``TENSORS_PER_LEVEL`` x sum over levels of (channels x pixels of the level) x
-    bytes per value x ``data.batch_size`` x trained networks. It leaves out weights, gradients,
-    optimiser state (tens of MB here), the backward pass's transient buffers and library
-    workspaces: close to a floor of the real peak, so it refuses only what cannot fit."""
-    model = _get(cfg, "model")
-    if not isinstance(model, dict) or (dims := _spatial_dims(model)) is None:
+    """Rough activation memory of one training step on one device
+    (``segssl.models.footprint.activation_bytes`` for the configured network, size, batch,
+    precision and trained networks), or None for a network with no footprint."""
+    if (footprint := _footprint(cfg)) is None:
         return None
-    pyramid = _feature_pyramid(model)
-    sides = _as_sides(_training_size(cfg, dims)[1], dims)
+    sides = footprint.sides(_training_size(cfg, footprint.spatial_dims)[1])
     batch = _get(cfg, "data.batch_size")
-    if pyramid is None or sides is None or not _is_int(batch) or batch <= 0:
+    if sides is None or not _is_int(batch) or batch <= 0:
         return None
-    values = sum(
-        channels * math.prod(math.ceil(s / 2**level) for s in sides)
-        for level, channels in enumerate(pyramid)
-    )
     precision = str(_get(cfg, "trainer.precision") or "32")
-    width = 2 if "16" in precision else 8 if "64" in precision else 4
-    kept = TENSORS_PER_LEVEL[_architecture(model) or ""]
-    return kept * values * width * batch * _trained_networks(cfg)
+    return footprints.activation_bytes(footprint, sides, batch, precision, _trained_networks(cfg))
 
 
 def available_bytes(cfg: DictConfig) -> tuple[int, str] | None:
@@ -290,13 +206,13 @@ def _memory_problems(cfg: DictConfig) -> list[str]:
     if not needed or not found:
         return []
     free, where = found
-    dims = _spatial_dims(_get(cfg, "model")) or 2
-    key, value = _training_size(cfg, dims)
+    footprint = _footprint(cfg)
+    key, value = _training_size(cfg, footprint.spatial_dims if footprint else 2)
     batch = _get(cfg, "data.batch_size")
     if needed > free:
         return [
             f"{key}={value!r} with data.batch_size={batch}: one training step needs about "
-            f"{_gib(needed)} of activations (a rough floor, see segssl/utils/settings_check.py)"
+            f"{_gib(needed)} of activations (a rough floor, see segssl/models/footprint.py)"
             f" but the {where} is {_gib(free)}; use a smaller size or batch "
             "(SEGSSL_SKIP_MEMORY_CHECK=1 tries anyway)"
         ]
