@@ -262,16 +262,18 @@ def pipeline_benchmark(
     fly_views = dsaif_views(area_threshold=area_threshold)
     cached_views = dsaif_views(area_threshold=area_threshold, cache=True)
     start = time.perf_counter()
-    stacks = []
+    samples = []  # the image and each cached view under its key, as the view cache gives them
     for image in images:
         views = cached_views.precompute(image)
-        stacks.append(
-            np.concatenate([image[None], *(views[k][None] for k in cached_views.cache_keys)])
-        )
+        samples.append({"image": image[None], **{k: v[None] for k, v in views.items()}})
     build_seconds = time.perf_counter() - start
+    keys = cached_views.cache_keys
     chains = {
-        "on_the_fly": (slice_train_transforms(size, views=fly_views), [i[None] for i in images]),
-        "cache": (slice_train_transforms(size, views=cached_views), stacks),
+        "on_the_fly": (
+            slice_train_transforms(size, views=fly_views),
+            [{"image": i[None]} for i in images],
+        ),
+        "cache": (slice_train_transforms(size, views=cached_views, view_keys=keys), samples),
     }
     best = dict.fromkeys(chains, float("inf"))
     outputs: dict[str, list[dict]] = {}
@@ -279,7 +281,7 @@ def pipeline_benchmark(
         for name, (chain, items) in chains.items():
             chain.set_random_state(0)
             start = time.perf_counter()
-            outputs[name] = [chain({"image": item}) for item in items]
+            outputs[name] = [chain(dict(item)) for item in items]
             best[name] = min(best[name], time.perf_counter() - start)
     differences = []
     for fly, cached, image in zip(outputs["on_the_fly"], outputs["cache"], images, strict=True):

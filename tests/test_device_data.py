@@ -36,14 +36,19 @@ SIZE = 32
 def coded_slice(height: int, width: int) -> dict:
     """A slice whose intensity is a function of its label (raw = 1 + label, zero only outside
     the image after a rotation), with an asymmetric layout so that any wrong rotation, flip or
-    axis swap of labels against images shows; channels 1 and 2 stand in for cached views (2x
-    and 3x the raw image, so a view's channel is read off its maximum)."""
+    axis swap of labels against images shows; ``image_max`` and ``image_min`` stand in for
+    cached views (2x and 3x the raw image, so which view a network got is read off its
+    maximum)."""
     label = np.zeros((height, width), np.uint8)
     label[height // 10 : height * 4 // 10, width // 12 : width * 5 // 12] = 1
     label[height * 3 // 4 : height * 9 // 10, width // 8 : width * 11 // 12] = 2
     label[height // 4 : height * 9 // 20, width * 17 // 24 : width * 7 // 8] = 3
     raw = 1.0 + label.astype(np.float32)
-    return {"image": np.stack([raw, 2 * raw, 3 * raw]), "label": label, "case": f"s{height}"}
+    views = {"image_max": 2 * raw[None], "image_min": 3 * raw[None]}
+    return {"image": raw[None], **views, "label": label, "case": f"s{height}"}
+
+
+VIEW_KEYS = ("image_max", "image_min")
 
 
 def test_device_geometry_is_the_per_sample_transform_batched():
@@ -82,11 +87,12 @@ def test_device_geometry_is_the_per_sample_transform_batched():
 
 def test_labels_and_views_stay_aligned_with_the_image():
     """After device augmentation the label is still the function of intensity it was
-    (raw = 1 + label, zero outside the slice), and each view is its cached channel of the very
+    (raw = 1 + label, zero outside the slice), and each view is its cached view of the very
     same pixels (2x or 3x the image, one of each per slice since p=1)."""
     items = [coded_slice(h, w) for h, w in [(40, 48), (SIZE, SIZE), (64, 50), (24, 30)]]
-    store = SliceStore(items, CPU, with_labels=True)
-    plan = ViewPlan(channel_a=1, channel_b=2, p=1.0, gamma_p=0.0, gamma_range=(0.5, 1.5))
+    store = SliceStore(items, CPU, with_labels=True, view_keys=VIEW_KEYS)
+    plan = ViewPlan(view_a="image_max", view_b="image_min", p=1.0, gamma_p=0.0,
+                    gamma_range=(0.5, 1.5))  # fmt: skip
     batches = DeviceBatches({"labeled": (store, 4)}, BatchSliceAugment(SIZE, plan), length=40)
     torch.manual_seed(0)
     checked = agree = 0
@@ -109,6 +115,27 @@ def test_labels_and_views_stay_aligned_with_the_image():
             torch.sort(torch.stack(ratios), 0).values.round()[0], torch.full((4,), 2.0)
         )
     assert checked > 0.5 * 40 * 4 * SIZE * SIZE and agree == checked
+
+
+def test_the_views_are_read_by_key_whatever_the_store_packs_first():
+    """The plan names the keys it reads: the store's packing order changes nothing, and a key
+    the items do not carry is refused by name."""
+    items = [coded_slice(h, w) for h, w in [(40, 48), (SIZE, SIZE), (24, 30)]]
+    plan = ViewPlan("image_max", "image_min", p=0.7, gamma_p=0.5, gamma_range=(0.5, 1.5))
+    runs = []
+    for keys in (VIEW_KEYS, VIEW_KEYS[::-1]):
+        store = SliceStore(items, CPU, with_labels=True, view_keys=keys)
+        assert store.keys == ["image", *keys]
+        batches = DeviceBatches({"labeled": (store, 3)}, BatchSliceAugment(SIZE, plan), length=6)
+        torch.manual_seed(0)
+        runs.append(list(batches))
+    for first, second in zip(*runs, strict=True):
+        for key in ("image", "image_1", "image_2", "label"):
+            assert torch.equal(first["labeled"][key], second["labeled"][key]), key
+    assert set(runs[0][0]["labeled"]) == {"image", "image_1", "image_2", "label", "case"}
+    store = SliceStore(items, CPU, with_labels=True, view_keys=("image_max",))
+    with pytest.raises(DataError, match="'image_min'"):
+        next(iter(DeviceBatches({"labeled": (store, 3)}, BatchSliceAugment(SIZE, plan), 1)))
 
 
 def per_sample_stats(image, image_1, image_2, label) -> np.ndarray:
@@ -148,7 +175,7 @@ def test_augmentation_statistics_match_the_loader_path():
     effect, intensity and label fractions, within a few binomial standard deviations."""
     item = coded_slice(40, 48)
     views = TwoViews(TreeFilter("max"), TreeFilter("min"), p=0.5, gamma_p=0.5, cache=True)
-    transform = slice_train_transforms(SIZE, views=views)
+    transform = slice_train_transforms(SIZE, views=views, view_keys=views.cache_keys)
     transform.set_random_state(seed=0)
     rows = []
     for _ in range(1500):
@@ -158,8 +185,8 @@ def test_augmentation_statistics_match_the_loader_path():
     loader = np.concatenate(rows)
 
     plan, why = view_plan(views)
-    assert why is None and plan == ViewPlan(1, 2, 0.5, 0.5, (0.5, 1.5))
-    store = SliceStore([item] * 10, CPU, with_labels=True)
+    assert why is None and plan == ViewPlan("image_max", "image_min", 0.5, 0.5, (0.5, 1.5))
+    store = SliceStore([item] * 10, CPU, with_labels=True, view_keys=views.cache_keys)
     batches = DeviceBatches({"labeled": (store, 10)}, BatchSliceAugment(SIZE, plan), length=150)
     torch.manual_seed(0)
     keys = ("image", "image_1", "image_2", "label")
@@ -262,13 +289,15 @@ def test_device_batches_on_the_gpu_match_the_cpu_and_read_nothing_back():
     waits for the device (any host synchronisation raises)."""
     cuda = torch.device("cuda")
     items = [coded_slice(h, w) for h, w in [(40, 48), (SIZE, SIZE), (64, 50), (24, 30)]]
-    plan = ViewPlan(channel_a=1, channel_b=2, p=0.5, gamma_p=0.5, gamma_range=(0.5, 1.5))
+    plan = ViewPlan(view_a="image_max", view_b="image_min", p=0.5, gamma_p=0.5,
+                    gamma_range=(0.5, 1.5))  # fmt: skip
     augment = BatchSliceAugment(SIZE, plan)
     params = augment.draw(8, torch.Generator().manual_seed(0), CPU)
     on_gpu = AugmentParams(*(getattr(params, f.name).to(cuda) for f in fields(params)))
     index = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
-    cpu_image, cpu_label = augment.geometry(SliceStore(items, CPU, True), index, params)
-    gpu_store = SliceStore(items, cuda, with_labels=True)
+    cpu_store = SliceStore(items, CPU, True, view_keys=VIEW_KEYS)
+    cpu_image, cpu_label = augment.geometry(cpu_store, index, params)
+    gpu_store = SliceStore(items, cuda, with_labels=True, view_keys=VIEW_KEYS)
     gpu_image, gpu_label = augment.geometry(gpu_store, index.to(cuda), on_gpu)
     assert torch.allclose(cpu_image, gpu_image.cpu(), atol=1e-4)
     assert torch.equal(cpu_label, gpu_label.cpu())

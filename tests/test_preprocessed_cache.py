@@ -125,7 +125,8 @@ def test_the_dsaif_view_cache_is_built_from_the_preprocessed_arrays(root, tmp_pa
     module.setup("fit")
     assert decodes == []  # the filtered views come from the memory maps, not from the NIfTI files
     item = module._train["labeled"][3]
-    assert item["image"].shape == (3, 24, 20)  # raw image + Max- and Min-tree views
+    # raw image + Max- and Min-tree views, each under its key
+    assert item["image"].shape == item["image_max"].shape == item["image_min"].shape == (1, 24, 20)
     raw = layout(root, cache=False).load("train", item["case"], num_classes=2, require_label=True)
     np.testing.assert_array_equal(item["image"][0], raw.image)
     assert len(list((tmp_path / "views").glob("*.h5"))) == 1
@@ -138,9 +139,9 @@ def test_the_dsaif_view_cache_is_built_from_the_preprocessed_arrays(root, tmp_pa
     )  # fmt: skip
     other.setup("fit")
     assert len(list((tmp_path / "views").glob("*.h5"))) == 2
-    minmax = other._train["labeled"][3]["image"]
-    assert minmax[0].min() >= 0.0 > item["image"][0].min()  # min-max vs z-scored
-    assert not np.array_equal(minmax[1:], item["image"][1:])
+    minmax = other._train["labeled"][3]
+    assert minmax["image"][0].min() >= 0.0 > item["image"][0].min()  # min-max vs z-scored
+    assert not all(np.array_equal(minmax[k], item[k]) for k in ("image_max", "image_min"))
 
 
 def test_a_touched_or_changed_source_invalidates_its_entry_only(root, decodes):

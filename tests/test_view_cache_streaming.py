@@ -92,7 +92,10 @@ def test_a_parallel_build_hands_the_parent_a_few_cases_at_a_time(tmp_path, monke
     cache = open_or_build(tmp_path, "key", list(images), images.get, plus_minus, num_workers=2)
     assert live.peak <= 2, live.peak
     for case, image in images.items():  # every case arrived, whatever the completion order
-        np.testing.assert_array_equal(cache.read(case), np.stack([image, image + 1, image - 1]))
+        read = cache.read(case)
+        assert list(read) == ["image", "max", "min"]
+        for key, expected in (("image", image), ("max", image + 1), ("min", image - 1)):
+            np.testing.assert_array_equal(read[key], expected[None])
 
 
 def test_items_are_read_lazily_one_case_per_item_through_memory_maps(tmp_path, monkeypatch):
@@ -109,8 +112,11 @@ def test_items_are_read_lazily_one_case_per_item_through_memory_maps(tmp_path, m
     )
     item = items[7]
     assert reads == ["c7"]  # only the item taken
-    assert mapped(item["image"]) and item["image"].flags.writeable
+    assert set(item) == {"case", "label", "image", "max", "min"}  # each view under its name
+    for key in ("image", "max", "min"):
+        assert mapped(item[key]) and item[key].flags.writeable and item[key].shape == (1, 6, 5)
     np.testing.assert_array_equal(item["image"][0], images["c7"])
+    np.testing.assert_array_equal(item["min"][0], images["c7"] - 1)
     item["image"][0] = 99.0  # copy-on-write: the cache file is unchanged
     np.testing.assert_array_equal(items[7]["image"][0], images["c7"])
     assert len(items) == 12 and [i["case"] for i in items[2:4]] == ["c2", "c3"]
@@ -125,10 +131,10 @@ def test_loader_workers_read_the_shared_cache(tmp_path):
     items = CachedItems([{"case": c} for c in images], cache)
     loader = DataLoader(items, batch_size=4, num_workers=2, multiprocessing_context="fork")
     batches = list(loader)
-    assert [b["image"].shape for b in batches] == [(4, 3, 6, 5)] * 2
-    got = {c: b["image"][k].numpy() for b in batches for k, c in enumerate(b["case"])}
+    assert [b["image"].shape for b in batches] == [(4, 1, 6, 5)] * 2
+    got = {c: b["min"][k].numpy() for b in batches for k, c in enumerate(b["case"])}
     for case, image in images.items():
-        np.testing.assert_array_equal(got[case][2], image - 1)
+        np.testing.assert_array_equal(got[case][0], image - 1)
 
 
 def test_concurrent_builders_build_once(tmp_path):
@@ -194,7 +200,7 @@ def test_a_build_killed_mid_way_is_not_trusted(tmp_path):
     cache = open_or_build(cache_dir, "key", list(images), load, lambda im: {"max": im * 3}, 1)
     assert sorted(loads) == sorted(images)  # every case rebuilt, none taken from the half file
     assert [p.name for p in cache_dir.iterdir()] == ["key.h5"]  # the temporary removed
-    assert [cache.read(c)[1, 0, 0] for c in images] == [3.0 * i for i in range(10)]
+    assert [cache.read(c)["max"][0, 0, 0] for c in images] == [3.0 * i for i in range(10)]
 
 
 def test_a_cache_missing_a_case_is_rebuilt(tmp_path):
@@ -232,12 +238,14 @@ def test_la_views_equal_the_filter_on_the_same_case_and_no_image_is_held(tmp_pat
     for stream in streams.values():
         for item in stream:
             raw = layout.load("train", item["case"], num_classes=2, require_label=False).image
-            assert mapped(item["image"]) and item["image"].shape == (3, 14, 12, 10)
+            for key in ("image", "image_max", "image_min"):
+                assert mapped(item[key]) and item[key].shape == (1, 14, 12, 10)
             np.testing.assert_array_equal(item["image"][0], raw)
-            np.testing.assert_array_equal(item["image"][1], tree_filter(raw, "max", 3))
-            np.testing.assert_array_equal(item["image"][2], tree_filter(raw, "min", 3))
+            np.testing.assert_array_equal(item["image_max"][0], tree_filter(raw, "max", 3))
+            np.testing.assert_array_equal(item["image_min"][0], tree_filter(raw, "min", 3))
     batch = next(iter(module.train_dataloader()))[0]
     assert batch["labeled"]["image_1"].shape == (1, 1, 8, 8, 6)
+    assert set(batch["labeled"]) == {"image", "image_1", "image_2", "label", "case"}
     assert batch["unlabeled"]["image_2"].shape == (1, 1, 8, 8, 6)
 
 

@@ -61,18 +61,20 @@ def test_cached_views_equal_on_the_fly_views_without_resampling():
     image = phantom((32, 32))
     fly = dsaif_views(p=1.0, gamma_p=0.0, area_threshold=5)
     cached = dsaif_views(p=1.0, gamma_p=0.0, area_threshold=5, cache=True)
-    stack = np.concatenate(
-        [image[None]] + [cached.precompute(image)[k][None] for k in cached.cache_keys]
-    )
-    augment = RandSliceAugmentd(32, weights=(1.0, 0.0, 0.0))  # always rot90 + flips
+    sample = {"image": torch.as_tensor(image[None])}
+    sample.update({k: torch.as_tensor(v[None]) for k, v in cached.precompute(image).items()})
+    assert set(sample) == {"image", *cached.cache_keys} == {"image", "image_max", "image_min"}
+    # always rot90 + flips
+    augment = RandSliceAugmentd(32, weights=(1.0, 0.0, 0.0))
+    augment_cached = RandSliceAugmentd(32, weights=(1.0, 0.0, 0.0), view_keys=cached.cache_keys)
     for seed in range(6):
-        for transform in (augment, fly, cached):
+        for transform in (augment, augment_cached, fly, cached):
             transform.set_random_state(seed)
         a = fly(augment({"image": torch.as_tensor(image[None])}))
-        augment.set_random_state(seed)
-        b = cached(augment({"image": torch.as_tensor(stack)}))
+        b = cached(augment_cached(dict(sample)))
         assert torch.equal(a["image_1"], b["image_1"]) and torch.equal(a["image_2"], b["image_2"])
         assert b["image"].shape == (1, 32, 32)
+        assert set(b) == set(a) == {"image", "image_1", "image_2"}  # the view keys dropped
 
 
 def test_slice_augment_matches_monai_resize_and_keeps_labels_aligned():
@@ -159,9 +161,9 @@ def test_view_cache_is_built_once_and_keyed_by_filter_parameters(tmp_path):
     files = list(cache_dir.glob("*.h5"))
     assert len(files) == 1
     item = dm._train["labeled"][0]
-    assert item["image"].shape == (3, 32, 32)
-    assert np.array_equal(item["image"][1], tree_filter(item["image"][0], "max", 5))
-    assert np.array_equal(item["image"][2], tree_filter(item["image"][0], "min", 5))
+    assert item["image"].shape == item["image_max"].shape == item["image_min"].shape == (1, 32, 32)
+    assert np.array_equal(item["image_max"][0], tree_filter(item["image"][0], "max", 5))
+    assert np.array_equal(item["image_min"][0], tree_filter(item["image"][0], "min", 5))
     mtime = files[0].stat().st_mtime_ns
     datamodule(5)
     assert files[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
@@ -170,6 +172,41 @@ def test_view_cache_is_built_once_and_keyed_by_filter_parameters(tmp_path):
     batch = next(iter(dm.train_dataloader()))[0]
     assert batch["labeled"]["image"].shape == (2, 1, 32, 32)
     assert batch["unlabeled"]["image_2"].shape == (2, 1, 32, 32)
+    assert set(batch["labeled"]) == {"image", "image_1", "image_2", "label", "case"}
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_cached_sample_carries_its_views_by_name_moved_with_image_and_label(dims):
+    """The transforms list the view keys: one random spatial draw moves the image, the label and
+    every view alike. Here each view is a fixed function of the image (2x, -x: exact through
+    any interpolation) and the label the thresholded image, so any view or label moved
+    differently from the image shows."""
+    from segssl.data.transforms import patch_train_transforms
+
+    keys = ["image_max", "image_min"]
+    shape = (24, 24) if dims == 2 else (12, 12, 8)
+    image = np.random.default_rng(dims).random(shape).astype(np.float32)
+    label = (image > 0.5).astype(np.uint8)
+    sample = {"image": image[None], "image_max": 2 * image[None], "image_min": -image[None]}
+    sample.update(label=label, case="c")
+    if dims == 2:
+        transform = slice_train_transforms(24, view_keys=keys)
+    else:
+        transform = patch_train_transforms([8, 8, 6], view_keys=keys)
+    steps = transform.transform.transforms
+    moved = set()
+    for seed in range(8):
+        transform.set_random_state(seed)
+        out = transform(dict(sample))
+        assert set(out) == {"image", *keys, "label", "case"}
+        assert out["image"].shape == out["image_max"].shape == out["label"].shape
+        assert out["image_max"].dtype == torch.float32
+        assert torch.equal(out["image_max"], 2 * out["image"])
+        assert torch.equal(out["image_min"], -out["image"])
+        rotated = dims == 2 and steps[1].branch == "rotate"  # labels: nearest, images: bilinear
+        assert rotated or torch.equal(out["label"], (out["image"] > 0.5).long())
+        moved.add(out["image"].numpy().tobytes())
+    assert len(moved) > 2  # the draws differ between seeds
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,12 +2,12 @@
 
 MONAI's chain (``Resized`` then ``RandRotate90d``/``RandFlipd`` or ``RandRotated``) resamples
 each key two or three times and costs more per slice than the network step of a batch on a GPU.
-Here resize and rotation are one affine grid and one ``grid_sample`` for all image channels (raw
-image and any pre-computed filtered views, stacked) plus one for the label, and rot90/flip are
-exact index permutations. Sampling positions are those of ``F.interpolate`` with
-``align_corners=False`` (pixel centres), so without rotation the image equals MONAI's bilinear
-``Resized``; labels are sampled nearest-neighbour at the same positions as the image (round
-to the nearest pixel centre), which keeps them aligned with the image.
+Here resize and rotation are one affine grid and one ``grid_sample`` for the image and every
+pre-computed filtered view (``view_keys``, each under its own key, sampled together) plus one for
+the label, and rot90/flip are exact index permutations. Sampling positions are those of
+``F.interpolate`` with ``align_corners=False`` (pixel centres), so without rotation the image equals
+MONAI's bilinear ``Resized``; labels are sampled nearest-neighbour at the same positions as the
+image (round to the nearest pixel centre), which keeps them aligned with the image.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def identity_grid(size: tuple[int, int]) -> torch.Tensor:
 class RandSliceAugmentd(RandomizableTransform, MapTransform):
     """Resize to ``image_size`` and, per sample, choose SSL4MIS's branch: a random rot90 with
     random flips (weight 0.5), a random rotation in ``[-rotate_degrees, rotate_degrees]``
-    (0.25), or nothing (0.25)."""
+    (0.25), or nothing (0.25). ``view_keys``: keys of pre-computed views (channel first, the
+    image's size), resampled bilinearly with the image by the same draw; all of them required."""
 
     def __init__(
         self,
@@ -46,8 +47,12 @@ class RandSliceAugmentd(RandomizableTransform, MapTransform):
         rotate_degrees: float = ROTATE_DEGREES,
         weights: Sequence[float] = BRANCH_WEIGHTS,
         augment: bool = True,
+        view_keys: Sequence[Hashable] = (),
     ) -> None:
-        MapTransform.__init__(self, [image_key, label_key], allow_missing_keys=True)
+        self.view_keys = tuple(view_keys)
+        MapTransform.__init__(
+            self, [image_key, *self.view_keys, label_key], allow_missing_keys=True
+        )
         RandomizableTransform.__init__(self, prob=1.0)
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.size = tuple(int(s) for s in size)
@@ -79,9 +84,17 @@ class RandSliceAugmentd(RandomizableTransform, MapTransform):
     def __call__(self, data: dict) -> dict:
         self.randomize()
         out = dict(data)
-        image = torch.as_tensor(out[self.image_key], dtype=torch.float32)
+        keys = (self.image_key, *self.view_keys)
+        parts = [torch.as_tensor(out[key], dtype=torch.float32) for key in keys]
+        # one resampling for the image and its views: their channels side by side
+        image = parts[0] if len(parts) == 1 else torch.cat(parts)
         grid = self._grid()
-        out[self.image_key] = self._finish(self._sample(image, grid, "bilinear"))
+        sampled = self._finish(self._sample(image, grid, "bilinear"))
+        if len(parts) == 1:
+            out[self.image_key] = sampled
+        else:
+            split = sampled.split([part.shape[0] for part in parts])
+            out.update(zip(keys, split, strict=True))
         if self.label_key in out:
             label = torch.as_tensor(out[self.label_key])
             label = label[None] if label.ndim == 2 else label

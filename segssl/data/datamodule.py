@@ -257,7 +257,8 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
 
     def _attach_view_cache(self, streams: dict[str, list[dict]]) -> dict[str, Sequence[dict]]:
         """Filter every training image once (in parallel, one case per worker at a time) and
-        read each item's image and views from the cache when the item is taken."""
+        read each item's image and views (each under its ``cache_key``) from the cache when the
+        item is taken."""
         from segssl.data.view_cache import CachedItems, cache_key, open_or_build
 
         items = [item for stream in streams.values() for item in stream]
@@ -317,11 +318,12 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
 
     def train_transform(self):
         """2-D slices are resized to ``image_size``; 3-D volumes are cropped to ``patch_size``."""
+        options = dict(views=self.views, augment=self.augment, view_keys=self._cached_view_keys())
         if self.layout.train_ndim == 2:
-            return slice_train_transforms(self.image_size, views=self.views, augment=self.augment)
+            return slice_train_transforms(self.image_size, **options)
         if self.patch_size is None:
             raise DataError(f"data.patch_size is required for 3-D training data in {self.root}")
-        return patch_train_transforms(self.patch_size, views=self.views, augment=self.augment)
+        return patch_train_transforms(self.patch_size, **options)
 
     def _on_accelerator(self) -> bool:
         trainer = self.trainer
@@ -360,7 +362,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         if device.type != "cuda":
             return False, f"data.on_device=auto on a {device.type} device"
         need = sum(
-            store_nbytes(items, with_labels=name == "labeled")
+            store_nbytes(items, name == "labeled", view_keys=self._cached_view_keys())
             for name, items in self._train.items()
             if name in self._active_streams()
         )
@@ -397,7 +399,12 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         if cached.get("device") != device:
             cached = {"device": device}
             for name in self._active_streams():
-                cached[name] = SliceStore(self._train[name], device, with_labels=name == "labeled")
+                cached[name] = SliceStore(
+                    self._train[name],
+                    device,
+                    with_labels=name == "labeled",
+                    view_keys=self._cached_view_keys(),
+                )
             self._device_stores = cached
         active = self._active_streams()
         streams = {name: (cached[name], size) for name, size in active.items()}

@@ -2,10 +2,10 @@
 
 The loader path (``segssl/data/transforms.py``) reads, augments and makes the two views of every
 slice on a host core, then copies the batch to the device; on a GPU that host work is slower than
-the network step. Here the training slices (image, the cached DSAIF views stacked as extra
-channels, ``filter.cache=true``, and the labels) are copied to the device once, and each batch is
-drawn and augmented there in a few batched tensor operations, with the distributions of the
-per-sample transforms:
+the network step. Here the training slices (image, the cached DSAIF views, ``filter.cache=true``,
+each under its own key, and the labels) are copied to the device once, and each batch is drawn
+and augmented there in a few batched tensor operations, with the distributions of the per-sample
+transforms:
 
 - branch per slice as ``RandSliceAugmentd``: rot90 (k uniform in 0..3) with a flip of each axis
   (each 1/2) with weight 0.5, a rotation uniform in [-20, 20] degrees (zeros outside the image)
@@ -13,23 +13,23 @@ per-sample transforms:
   resampling (bilinear for images and views, nearest for labels, border-clamped without rotation),
   at the same sampling positions as the per-sample path;
 - then the views as ``TwoViews`` with cached views: with probability ``p`` the two perturbations
-  (channel of the cached view, or the raw image for ``identity``), assigned 50/50 to the networks,
-  each view then a random gamma on its own range with probability ``gamma_p``.
+  (the cached view of the perturbation's key, or the raw image for ``identity``), assigned 50/50
+  to the networks, each view then a random gamma on its own range with probability ``gamma_p``.
 
 Storage. ACDC's slices have 23 native sizes (154 to 512 pixels a side). They are kept at their
-native size, concatenated in one flat buffer per stream with each slice's offset, height and
-width (ragged storage). Per batch, the chosen slices are gathered into a zero-padded window of
-the batch's largest height and width and resampled by one ``grid_sample`` at the per-sample
-path's positions (labels: gathered at the rounded positions): the geometry is the per-sample
-path's (tested slice by slice: images to 1e-5, labels identical), and the memory is what the
-pixels need. ACDC's 1312 training slices (72.1 Mpixels) with both views in float16 take 0.43
-GB, plus 1 byte a pixel for the labeled slices' labels; padding every slice to the largest
-(512 x 428) would take 1.7 GB, and pre-resizing to a storage size would add a second
-interpolation (a blur and label changes at every boundary). The one difference from the loader
-path is the float16 storage of images and views: a relative rounding of at most 2^-11 of each
-stored intensity before interpolation; measured on ACDC's 1312 training slices (intensities in
-[0, 1]): 2.4e-4 at most, 2.5e-5 on average, far below the noise of MR data. Labels are exact
-(uint8).
+native size, concatenated in one flat buffer per stream with each slice's offset, height and width
+(ragged storage); the image and the views of ``view_keys`` are packed as channels of that buffer,
+each key's channels looked up by name (``SliceStore.layout``). Per batch, the chosen slices are
+gathered into a zero-padded window of the batch's largest height and width and resampled by one
+``grid_sample`` at the per-sample path's positions (labels: gathered at the rounded positions): the
+geometry is the per-sample path's (tested slice by slice: images to 1e-5, labels identical), and the
+memory is what the pixels need. ACDC's 1312 training slices (72.1 Mpixels) with both views in
+float16 take 0.43 GB, plus 1 byte a pixel for the labeled slices' labels; padding every slice to the
+largest (512 x 428) would take 1.7 GB, and pre-resizing to a storage size would add a second
+interpolation (a blur and label changes at every boundary). The one difference from the loader path
+is the float16 storage of images and views: a relative rounding of at most 2^-11 of each stored
+intensity before interpolation; measured on ACDC's 1312 training slices (intensities in [0, 1]):
+2.4e-4 at most, 2.5e-5 on average, far below the noise of MR data. Labels are exact (uint8).
 
 Randomness: each pass (epoch) draws one seed from torch's global generator (so ``seed`` and a
 resume's seed decide it, as for the loaders), offset by the DDP rank; slice order is drawn on the
@@ -54,40 +54,69 @@ from segssl.data.readers import DataError
 log = logging.getLogger(__name__)
 
 ROT_FLIP, ROTATE, IDENTITY = 0, 1, 2  # branch codes, in the order of augment.BRANCHES
+IMAGE = "image"  # the sample key of the raw image; views come under their own keys
 
 
 # -- storage --------------------------------------------------------------------------------
-def store_nbytes(items: Sequence[dict], with_labels: bool) -> int:
-    """Device bytes a ``SliceStore`` of ``items`` needs (float16 images, uint8 labels)."""
+def slice_shape(item: dict, keys: Sequence[str]) -> tuple[tuple[int, ...], int, int]:
+    """The channels of each of ``keys`` in ``item`` (each (C, H, W)) and their common H, W."""
+    shapes = [np.shape(item[key]) for key in keys]
+    if any(len(s) != 3 for s in shapes) or len({s[1:] for s in shapes}) != 1:
+        raise DataError(
+            f"data.on_device holds 2-D slices (C, H, W) of one size per slice; slice "
+            f"{item.get('case')} has {dict(zip(keys, shapes, strict=True))}"
+        )
+    return tuple(s[0] for s in shapes), shapes[0][1], shapes[0][2]
+
+
+def store_nbytes(items: Sequence[dict], with_labels: bool, view_keys: Sequence[str] = ()) -> int:
+    """Device bytes a ``SliceStore`` of ``items`` needs (float16 images and views, uint8
+    labels)."""
     total = 0
     for item in items:
-        channels, height, width = np.shape(item["image"])
-        total += height * width * (2 * channels + (1 if with_labels else 0))
+        channels, height, width = slice_shape(item, (IMAGE, *view_keys))
+        total += height * width * (2 * sum(channels) + (1 if with_labels else 0))
     return total
 
 
 class SliceStore:
-    """2-D training items at their native sizes in one flat device buffer (ragged): images as
-    (total pixels, C) float16, pixel-major so that one gathered row holds every channel of a
-    pixel; labels (total pixels,) uint8; per slice its offset, height and width. Items hold
-    ``image`` (C, H, W) (C > 1 with cached views) and, if labeled, ``label`` (H, W)."""
+    """2-D training items at their native sizes in one flat device buffer (ragged): the image and
+    the views of ``view_keys`` packed as (total pixels, C) float16, pixel-major so that one
+    gathered row holds every channel of a pixel, ``layout`` saying which channels hold which
+    key; labels (total pixels,) uint8; per slice its offset, height and width. Items hold
+    ``image`` (C, H, W), each view (1, H, W) under its key and, if labeled, ``label`` (H, W)."""
 
-    def __init__(self, items: Sequence[dict], device: torch.device, with_labels: bool) -> None:
+    def __init__(
+        self,
+        items: Sequence[dict],
+        device: torch.device,
+        with_labels: bool,
+        view_keys: Sequence[str] = (),
+    ) -> None:
         if not items:
             raise DataError("a device-resident training stream needs at least one slice")
-        shapes = [np.shape(item["image"]) for item in items]
-        if any(len(s) != 3 for s in shapes) or len({s[0] for s in shapes}) != 1:
+        keys = (IMAGE, *view_keys)
+        shapes = [slice_shape(item, keys) for item in items]
+        if len({s[0] for s in shapes}) != 1:
             raise DataError(
-                f"data.on_device holds 2-D slices (C, H, W) with one channel count; got shapes "
-                f"{sorted(set(shapes))[:4]}"
+                f"data.on_device holds slices with one channel count per key ({list(keys)}); "
+                f"got {sorted({s[0] for s in shapes})[:4]}"
             )
-        channels = shapes[0][0]
+        counts = shapes[0][0]
+        starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        # key -> its channels in the packed buffer (the batch's augmented channels alike)
+        bounds = zip(keys, starts[:-1], starts[1:], strict=True)
+        self.layout = {key: slice(start, stop) for key, start, stop in bounds}
+        channels = int(sum(counts))
         sizes = np.array([s[1] * s[2] for s in shapes], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         images = np.empty((int(sizes.sum()), channels), dtype=np.float16)
         labels = np.empty(int(sizes.sum()), dtype=np.uint8) if with_labels else None
         for item, start, size in zip(items, offsets, sizes, strict=True):
-            images[start : start + size] = np.asarray(item["image"]).reshape(channels, -1).T
+            for key, where in self.layout.items():
+                images[start : start + size, where] = (
+                    np.asarray(item[key]).reshape(where.stop - where.start, -1).T
+                )
             if labels is not None:
                 label = np.asarray(item["label"])
                 if label.min() < 0 or label.max() > 255:
@@ -114,6 +143,20 @@ class SliceStore:
         self.heights = torch.from_numpy(self.host_heights).to(self.device)
         self.widths = torch.from_numpy(self.host_widths).to(self.device)
 
+    @property
+    def keys(self) -> list[str]:
+        """The sample keys held: ``image``, then the views."""
+        return list(self.layout)
+
+    def channel(self, key: str) -> int:
+        """The (first) channel of ``key`` in the packed images."""
+        if key not in self.layout:
+            raise DataError(
+                f"the device store holds {self.keys}, not {key!r}: the views read a key the "
+                "training items do not carry"
+            )
+        return self.layout[key].start
+
     def window(self, host_index: Sequence[int] | None = None) -> tuple[int, int]:
         """(height, width) holding every slice of ``host_index`` (all slices if None)."""
         rows = slice(None) if host_index is None else np.asarray(host_index, dtype=np.int64)
@@ -128,11 +171,12 @@ class SliceStore:
 # -- views ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ViewPlan:
-    """``TwoViews`` reduced to what the device needs: the stored channel of each perturbation
-    (0: the raw image, ``identity``; 1, 2, ...: a cached view) and the probabilities."""
+    """``TwoViews`` reduced to what the device needs: the sample key each perturbation reads
+    (``image``: the raw image, ``identity``; a cached view's ``cache_key``) and the
+    probabilities."""
 
-    channel_a: int
-    channel_b: int
+    view_a: str
+    view_b: str
     p: float
     gamma_p: float
     gamma_range: tuple[float, float]
@@ -150,13 +194,13 @@ def view_plan(views: object) -> tuple[ViewPlan | None, str | None]:
         return None, f"the view maker {type(views).__name__} has no batched device form"
     if getattr(views, "rotate_view_2", False):
         return None, "filter.rotate_view_2=true (network 2's rotated view) runs on the host"
-    channels = []
+    keys = []
     for name, view in (("view_a", views.view_a), ("view_b", views.view_b)):
         key = getattr(view, "cache_key", None)
         if view is identity:
-            channels.append(0)
+            keys.append(IMAGE)
         elif key is not None and views.cache:
-            channels.append(1 + views.cache_keys.index(key))
+            keys.append(key)
         elif key is not None:
             return None, (
                 "filter.cache=false: the tree filters run per sample on the host (exact, "
@@ -168,7 +212,7 @@ def view_plan(views: object) -> tuple[ViewPlan | None, str | None]:
                 "the identity and cached tree filters have a device form"
             )
     low, high = (float(v) for v in views.gamma_range)
-    plan = ViewPlan(channels[0], channels[1], float(views.p), float(views.gamma_p), (low, high))
+    plan = ViewPlan(keys[0], keys[1], float(views.p), float(views.gamma_p), (low, high))
     return plan, None
 
 
@@ -309,11 +353,11 @@ class BatchSliceAugment:
         return image, label.view(n, 1, size, size)
 
     def make_views(
-        self, image: torch.Tensor, generator: torch.Generator
+        self, image: torch.Tensor, generator: torch.Generator, store: SliceStore
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``image_1``, ``image_2`` (B, 1, S, S) from the augmented channels, as ``TwoViews``
-        with cached views: perturbation pair with probability p, swapped 50/50, then each
-        view's gamma (probability gamma_p) on its own range."""
+        """``image_1``, ``image_2`` (B, 1, S, S) from the augmented channels of ``store``'s
+        keys, as ``TwoViews`` with cached views: perturbation pair with probability p, swapped
+        50/50, then each view's gamma (probability gamma_p) on its own range."""
         plan = self.views
         n, device = image.shape[0], image.device
 
@@ -324,12 +368,13 @@ class BatchSliceAugment:
         gamma_on = rand(2, n) < plan.gamma_p
         gammas = low + (high - low) * rand(2, n)
         perturb, swap = rand(n) < plan.p, rand(n) < 0.5
-        a = torch.full((n,), plan.channel_a, device=device)
-        b = torch.full((n,), plan.channel_b, device=device)
+        a = torch.full((n,), store.channel(plan.view_a), device=device)
+        b = torch.full((n,), store.channel(plan.view_b), device=device)
         chosen = [torch.where(swap, b, a), torch.where(swap, a, b)]
+        raw = store.channel(IMAGE)
         views = []
         for k in range(2):
-            channel = torch.where(perturb, chosen[k], 0).view(n, 1, 1, 1)
+            channel = torch.where(perturb, chosen[k], raw).view(n, 1, 1, 1)
             view = image.gather(1, channel.expand(n, 1, *image.shape[2:]))
             views.append(batch_gamma(view, gammas[k], gamma_on[k]))
         return views[0], views[1]
@@ -342,15 +387,16 @@ class BatchSliceAugment:
         cases: list[str] | None = None,
         window: tuple[int, int] | None = None,
     ) -> dict:
-        """One stream's batch with the loader path's keys: ``image`` (B, 1, S, S) float32 (all
-        channels without views), ``image_1``/``image_2`` with views, ``label`` (B, 1, S, S) long
-        when the store has labels, ``case``."""
+        """One stream's batch with the loader path's keys: ``image`` (B, C, S, S) float32,
+        ``image_1``/``image_2`` with views, ``label`` (B, 1, S, S) long when the store has
+        labels, ``case``; the views' keys themselves stay out, as ``TwoViews`` drops them."""
         params = self.draw(index.shape[0], generator, store.device)
         image, label = self.geometry(store, index, params, window)
         batch: dict = {}
         if self.views is not None:
-            batch["image_1"], batch["image_2"] = self.make_views(image, generator)
-            image = image[:, :1].contiguous()
+            batch["image_1"], batch["image_2"] = self.make_views(image, generator, store)
+        if len(store.layout) > 1:  # the image's channels only
+            image = image[:, store.layout[IMAGE]].contiguous()
         batch["image"] = image
         if label is not None:
             batch["label"] = label

@@ -8,10 +8,13 @@ borders (the filter then sees the native-resolution image rather than the resize
 ``scripts/bench_filter.py`` measures the mean absolute difference against filtering on the fly.
 
 Storage: one HDF5 file per key, ``<key>.h5``, holding per case one uncompressed, contiguous
-dataset ``(1 + views, *shape)``: the raw image and its views stacked as channels, exactly the
-``image`` a training item carries. The key hashes the data (root, item ids, file sizes and
-modification times), the layout options that change the images, the filter parameters and the
-filter code's version, so any change makes a new cache instead of silently reusing a stale one.
+dataset ``(1 + views, *shape)``: the raw image and its views stacked as channels. That layout
+stays in this module: a read gives a case as named arrays, ``image`` and each view under its
+own sample key (``names``, the perturbations' ``cache_key``), so the transforms and the view
+makers go by name, never by channel position. The key hashes the data (root, item ids, file
+sizes and modification times), the layout options that change the images, the filter parameters
+and the filter code's version, so any change makes a new cache instead of silently reusing a
+stale one.
 
 Why this shape: the views of 80 LA volumes take about 20 GB, so nothing may hold all
 of them. The build loads, filters and writes one case per worker at a time (workers send one
@@ -49,6 +52,8 @@ from segssl.utils.atomic import remove_stale_temporaries, write_with
 
 log = logging.getLogger(__name__)
 
+# the sample key of the raw image; the views are stored under their own names
+IMAGE_KEY = "image"
 # Bump when the filter's output changes, so that old caches are not reused.
 FILTER_CODE_VERSION = "dsaif-2"  # 2: float32 map back, the authors' bits
 # The file format: a file of another format (e.g. the earlier groups of views) is rebuilt.
@@ -109,9 +114,16 @@ class ViewCache:
     def shape(self, case: str) -> tuple[int, ...]:
         return self.extents[case].shape
 
-    def read(self, case: str) -> np.ndarray:
-        """``(1 + views, *shape)`` of ``case``: raw image, then the views in ``names`` order.
-        Writable (copy-on-write: a transform writing into it changes private pages only)."""
+    def read(self, case: str) -> dict[str, np.ndarray]:
+        """``case`` as sample keys: ``image`` and each view of ``names``, each ``(1, *shape)``
+        (channel first, as a training item's ``image``). Views of one memory map, writable
+        (copy-on-write: a transform writing into them changes private pages only)."""
+        stacked = self._read_stacked(case)
+        keys = [IMAGE_KEY, *self.names]
+        return {key: stacked[channel : channel + 1] for channel, key in enumerate(keys)}
+
+    def _read_stacked(self, case: str) -> np.ndarray:
+        """The stored ``(1 + views, *shape)`` of ``case``: raw image, then ``names`` in order."""
         extent = self.extents[case]
         start = extent.offset - extent.offset % mmap.ALLOCATIONGRANULARITY
         length = extent.offset - start + int(np.prod(extent.shape)) * extent.dtype.itemsize
@@ -159,15 +171,17 @@ def open_cache(path: Path, cases: Sequence[str]) -> ViewCache:
 
 
 class CachedItems(Sequence):
-    """Training items whose ``image`` is read from a ``ViewCache`` when the item is taken:
-    the list holds case ids (and labels), never images, so every loader worker and the data
-    module itself stay small; ``DataLoader`` and the device path index it like a list."""
+    """Training items whose ``image`` and views (each under its own key, ``ViewCache.read``)
+    are read from a ``ViewCache`` when the item is taken: the list holds case ids (and labels),
+    never images, so every loader worker and the data module itself stay small;
+    ``DataLoader`` and the device path index it like a list."""
 
     def __init__(self, items: Sequence[dict], cache: ViewCache) -> None:
         missing = [item["case"] for item in items if item["case"] not in cache]
         if missing:
             raise KeyError(f"cases {missing[:5]} are not in the view cache {cache.path}")
-        self.items = [{k: v for k, v in item.items() if k != "image"} for item in items]
+        read = {IMAGE_KEY, *cache.names}
+        self.items = [{k: v for k, v in item.items() if k not in read} for item in items]
         self.cache = cache
 
     def __len__(self) -> int:
@@ -177,7 +191,7 @@ class CachedItems(Sequence):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         item = self.items[index]
-        return {**item, "image": self.cache.read(item["case"])}
+        return {**item, **self.cache.read(item["case"])}
 
 
 # -- building ---------------------------------------------------------------------------------
@@ -186,10 +200,13 @@ _JOB: tuple[LoadImage, Precompute] | None = None
 
 
 def stacked_views(image: np.ndarray, precompute: Precompute) -> tuple[np.ndarray, list[str]]:
-    """The raw image and its views as channels, and the views' names in channel order."""
+    """The raw image and its views as channels, and the views' names in channel order (the
+    storage layout; ``ViewCache.read`` gives them back by name)."""
     image = np.asarray(image)
     views = precompute(image)
     names = list(views)
+    if IMAGE_KEY in names:
+        raise ValueError(f"a view may not be named {IMAGE_KEY!r}: that key is the raw image")
     dtype = np.result_type(image.dtype, *(v.dtype for v in views.values()))
     stacked = np.empty((1 + len(names), *image.shape), dtype=dtype)
     stacked[0] = image

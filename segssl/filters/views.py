@@ -10,7 +10,6 @@ perturbation to network drawn 50/50.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,15 +18,19 @@ import torch
 from monai.transforms import Randomizable
 from scipy.ndimage import gaussian_filter
 
+# the area rule lives in a torch-free module (the planner uses it); its names stay importable here
+from segssl.filters.area_threshold import (
+    REFERENCE_AREA_THRESHOLD,  # noqa: F401
+    REFERENCE_SHAPE,  # noqa: F401
+    resolve_area_threshold,
+    scaled_area_threshold,
+    training_input_shape,
+)
+
 log = logging.getLogger(__name__)
 
 Perturbation = Callable[[np.ndarray, np.random.RandomState], np.ndarray]
 
-# The paper's area threshold: 50 pixels on 256x256 ACDC slices. ``area_threshold="auto"`` keeps
-# that share of the training input's pixels (voxels in 3-D), so a smaller input keeps the same
-# structures instead of losing everything under 50 pixels (at 32 px: one view black, one binary).
-REFERENCE_AREA_THRESHOLD = 50
-REFERENCE_SHAPE = (256, 256)
 # a filtered view with fewer grey levels than this, from an input with many, has lost its
 # structure (at 256 px the paper's views keep tens of levels)
 COLLAPSED_LEVELS = 8
@@ -35,46 +38,6 @@ RICH_INPUT_LEVELS = 32
 # views checked for collapse per filter and process: the first ones show a systematic problem,
 # checking every view would cost a sort per sample
 CHECKED_VIEWS = 8
-
-
-def scaled_area_threshold(input_shape: Sequence[int]) -> int:
-    """The paper's 50 pixels at 256x256 as the same share of ``input_shape``'s pixels (or
-    voxels): 50 at 256x256, 12 at 128x128, 3 at 64x64, 1 at 32x32; at least 1."""
-    share = math.prod(input_shape) / math.prod(REFERENCE_SHAPE)
-    return max(1, round(REFERENCE_AREA_THRESHOLD * share))
-
-
-def training_input_shape(
-    image_size: int | None = None, patch_size: Sequence[int] | None = None
-) -> tuple[int, ...] | None:
-    """The shape the filter sees in training: the 3-D patch if there is one, else the square
-    2-D slice (``data.patch_size`` / ``data.image_size``); None when neither is known."""
-    if patch_size:
-        return tuple(int(s) for s in patch_size)
-    if image_size:
-        return (int(image_size), int(image_size))
-    return None
-
-
-def resolve_area_threshold(
-    area_threshold: int | str | None, input_shape: Sequence[int] | None
-) -> tuple[int, str]:
-    """``filter.area_threshold`` as pixels, and why: a number is used as it is; ``auto`` (or
-    null) scales the paper's 50 at 256x256 to ``input_shape``."""
-    if area_threshold is None or area_threshold == "auto":
-        if input_shape is None:
-            return REFERENCE_AREA_THRESHOLD, "auto, no input size given: the paper's 50"
-        pixels = scaled_area_threshold(input_shape)
-        shape = "x".join(map(str, input_shape))
-        return pixels, f"auto: the paper's 50 at 256x256 scaled to {shape}"
-    if isinstance(area_threshold, bool) or not isinstance(area_threshold, int | np.integer):
-        raise ValueError(
-            f"filter.area_threshold={area_threshold!r}: expected 'auto' (the paper's 50 at "
-            "256x256, scaled to data.image_size / data.patch_size) or a number of pixels >= 0"
-        )
-    if area_threshold < 0:
-        raise ValueError(f"filter.area_threshold={area_threshold}: expected a number >= 0")
-    return int(area_threshold), "as given"
 
 
 def identity(image: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
@@ -170,9 +133,11 @@ class TwoViews(Randomizable):
     """Make ``image_1``/``image_2`` from ``image`` (channel-first tensor or array).
 
     A perturbation with a ``cache_key`` (the tree filters) is read from the sample when the data
-    module pre-computed it (``cache=True``): the data module stacks the views of ``cache_keys``
-    behind the raw image as channels 1, 2, ... Its gamma is then applied after the filter instead
-    of before, the same image up to quantisation since the filter commutes with gamma.
+    module pre-computed it (``cache=True``): the sample then carries that view, channel first
+    like ``image`` and transformed with it, under the key itself (``cache_keys``: ``image_max``,
+    ``image_min``); the output drops those keys, so batches hold the same keys either way. Its
+    gamma is then applied after the filter instead of before, the same image up to quantisation
+    since the filter commutes with gamma.
 
     ``rotate_view_2`` is DSAIF-SEMI's 3-D detail: when the pair is perturbed, network 2's image
     is rotated by ``k`` x 90 degrees in the first two spatial axes (H, W), ``k`` uniform in 0..3
@@ -238,14 +203,15 @@ class TwoViews(Randomizable):
 
     def _make_view(
         self,
+        sample: dict,
         image: np.ndarray,
         perturb: Perturbation | None,
         gamma: float | None,
         rot_k: int = 0,
     ) -> np.ndarray:
         cached = getattr(perturb, "cache_key", None)
-        if cached is not None and image.shape[0] > 1:
-            view = rotate_spatial(image[1 + self.cache_keys.index(cached)], rot_k)
+        if cached is not None and cached in sample:
+            view = rotate_spatial(as_array(sample[cached])[0], rot_k)
             return view if gamma is None else random_gamma(view, gamma)
         view = image[0] if gamma is None else random_gamma(image[0], gamma)
         view = rotate_spatial(view, rot_k)
@@ -259,9 +225,10 @@ class TwoViews(Randomizable):
         views = []
         for k, gamma in enumerate(self._gammas):
             perturb = (self.view_a, self.view_b)[k ^ int(self._swap)] if self._perturb else None
-            view = self._make_view(image, perturb, gamma, self._rot_k if k == 1 else 0)
+            view = self._make_view(sample, image, perturb, gamma, self._rot_k if k == 1 else 0)
             views.append(torch.as_tensor(np.ascontiguousarray(view, dtype=np.float32))[None])
-        out = dict(sample)
+        cached = set(self.cache_keys)  # read here, not batched
+        out = {key: value for key, value in sample.items() if key not in cached}
         out["image"] = torch.as_tensor(image[:1])
         out["image_1"], out["image_2"] = views
         if self.rotate_view_2:
