@@ -31,7 +31,22 @@ Where segssl differs from the code:
   their ensemble and selects on network 1 (the code's UNet).
 
 DSAIF views: network 1 sees ``image_1``, network 2 the strong augmentation of ``image_2``
-(``filter=none``: the same image, the published method).
+(``filter=none``: the same image, the published method). Three settings make the explanations of
+how ABD fares with these views testable; the defaults are the behaviour above, and with
+``filter=none`` (views equal to the raw ``image``) none of them changes anything, random draws
+included. The first two read the batch's raw ``image``.
+
+- ``displace_on`` (``views``): ``raw`` builds the ABD-R and ABD-I images from the raw image's
+  weak/strong pair (the raw image, and its strong augmentation with the same Cutout box and jitter
+  as network 2's view, labels alike), i.e. what ``filter=none`` would displace, instead of from
+  the two views, whose patches come from different trees. Which patches move is still decided by
+  each network's predictions on its own view; the supervised and CPS terms keep the views.
+- ``views_on_labeled`` (``true``): ``false`` gives both networks the raw labeled image (network 2
+  after its strong augmentation), the views then only on the unlabeled images.
+- ``strong_on_filtered`` (``true``): ``false`` spares network 2's Cutout and jitter on the rows
+  whose ``image_2`` the views changed (tree filter or their gamma; the label keeps no Cutout box
+  there), so that its input is perturbed once; rows equal to the raw image keep the strong
+  augmentation. The draws are made for every row as before.
 """
 
 from __future__ import annotations
@@ -49,9 +64,12 @@ from segssl.methods.mixing import (
 from segssl.methods.region_losses import dice_ce_loss, soft_dice_loss
 from segssl.methods.steps import resolve_steps
 
+DISPLACE_ON = ("views", "raw")
+
 
 class AdaptiveBidirectionalDisplacement(SegmentationMethod):
     network_names = ("net1", "net2")
+    trained_networks = network_names
     uses_unlabeled = True
     selection_model = "net1"
 
@@ -67,10 +85,26 @@ class AdaptiveBidirectionalDisplacement(SegmentationMethod):
         labeled_p: float = 0.5,
         cutout_p: float = 0.5,
         jitter: float = 0.8,
+        displace_on: str = "views",
+        views_on_labeled: bool = True,
+        strong_on_filtered: bool = True,
         **kwargs,
     ) -> None:
         if not 1 <= top_k <= grid * grid:
             raise ValueError(f"method.top_k={top_k}: expected 1..grid*grid ({grid * grid})")
+        if displace_on not in DISPLACE_ON:
+            raise ValueError(
+                f"method.displace_on={displace_on!r}: expected 'views' (displace the networks' "
+                "views) or 'raw' (displace the raw image's weak/strong pair)"
+            )
+        for key, value in (
+            ("views_on_labeled", views_on_labeled),
+            ("strong_on_filtered", strong_on_filtered),
+        ):
+            if not isinstance(value, bool):
+                raise ValueError(f"method.{key}={value!r}: expected true or false")
+        self.displace_on = displace_on
+        self.views_on_labeled, self.strong_on_filtered = views_on_labeled, strong_on_filtered
         self.grid, self.top_k = grid, top_k
         self.consistency, self.rampup_steps = consistency, rampup_steps
         self.labeled_weight, self.labeled_until, self.labeled_p = (
@@ -91,6 +125,47 @@ class AdaptiveBidirectionalDisplacement(SegmentationMethod):
         then brightness/contrast jitter. ``labels`` covers the first images of the batch."""
         return cutout_jitter(images, labels, self.cutout_p, self.jitter)
 
+    def replayed_strong_view(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``strong_view`` with the random draws of the next ``strong_view`` call (same boxes,
+        noise and jitter), leaving the random state as it was: the raw pair of
+        ``displace_on=raw`` is augmented exactly as network 2's view."""
+        device = images.device
+        fork = (
+            torch.random.fork_rng(devices=[])
+            if device.type == "cpu"
+            else torch.random.fork_rng(devices=[device], device_type=device.type)
+        )
+        with fork:
+            return self.strong_view(images, labels)
+
+    def inputs(
+        self, labeled: dict, unlabeled: dict, label_1: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Network 1's and network 2's images (labeled then unlabeled), network 2's labels, and
+        the images (with network 2's labels) that ABD-R and ABD-I displace patches between."""
+        n = label_1.shape[0]
+        needs_raw = (
+            self.displace_on == "raw" or not self.views_on_labeled or not self.strong_on_filtered
+        )
+        raw = raw_images(labeled, unlabeled) if needs_raw else None
+        first_1, first_2 = labeled["image_1"], labeled["image_2"]
+        if not self.views_on_labeled:
+            first_1 = first_2 = raw[:n]
+        view_1 = torch.cat([first_1, unlabeled["image_1"]])
+        image_2 = torch.cat([first_2, unlabeled["image_2"]])
+        if self.displace_on == "raw":
+            raw_2, raw_label_2 = self.replayed_strong_view(raw, label_1)
+        view_2, label_2 = self.strong_view(image_2, label_1)
+        if not self.strong_on_filtered:
+            filtered = (image_2 != raw).flatten(1).any(1)
+            view_2 = torch.where(filtered.view(-1, 1, 1, 1), image_2, view_2)
+            label_2 = torch.where(filtered[:n, None, None], label_1, label_2)
+        if self.displace_on == "raw":
+            return view_1, view_2, label_2, (raw, raw_2, raw_label_2)
+        return view_1, view_2, label_2, (view_1, view_2, label_2)
+
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
         if unlabeled is None:
@@ -100,9 +175,8 @@ class AdaptiveBidirectionalDisplacement(SegmentationMethod):
             raise ValueError(f"method=abd is 2-D: got images of {tuple(labeled['image_1'].shape)}")
         check_grid(*labeled["image_1"].shape[-2:], self.grid)
         label_1 = labeled["label"][:, 0]
-        view_1 = torch.cat([labeled["image_1"], unlabeled["image_1"]])
-        view_2, label_2 = self.strong_view(
-            torch.cat([labeled["image_2"], unlabeled["image_2"]]), label_1
+        view_1, view_2, label_2, (pair_1, pair_2, pair_label_2) = self.inputs(
+            labeled, unlabeled, label_1
         )
         logits_1 = self.run_network("net1", view_1)
         logits_2 = self.run_network("net2", view_2)
@@ -118,7 +192,7 @@ class AdaptiveBidirectionalDisplacement(SegmentationMethod):
 
         # ABD-R on the unlabeled images: both networks see both displaced batches
         new_1, new_2, _ = reliable_displacement(
-            view_1[n:, 0], view_2[n:, 0], conf_1[n:], conf_2[n:],
+            pair_1[n:, 0], pair_2[n:, 0], conf_1[n:], conf_2[n:],
             logits_1[n:].detach(), logits_2[n:].detach(), self.grid, self.top_k,
         )  # fmt: skip
         displaced = torch.cat([new_1, new_2])[:, None]
@@ -137,7 +211,7 @@ class AdaptiveBidirectionalDisplacement(SegmentationMethod):
         )
         if self.global_step <= until:
             img_1, img_2, lab_1, lab_2 = inverse_displacement(
-                view_1[:n, 0], view_2[:n, 0], label_1, label_2, conf_1[:n], conf_2[:n],
+                pair_1[:n, 0], pair_2[:n, 0], label_1, pair_label_2, conf_1[:n], conf_2[:n],
                 self.grid, self.labeled_p,
             )  # fmt: skip
             images, labels = torch.cat([img_1, img_2])[:, None], torch.cat([lab_1, lab_2])
@@ -148,3 +222,14 @@ class AdaptiveBidirectionalDisplacement(SegmentationMethod):
             losses["sup_displaced"] = sup_i
         losses["loss"] = loss
         return losses
+
+
+def raw_images(labeled: dict, unlabeled: dict) -> torch.Tensor:
+    """The raw ``image`` of the labeled then unlabeled batch, in the views' dtype."""
+    if "image" not in labeled or "image" not in unlabeled:
+        raise ValueError(
+            "method.displace_on=raw, method.views_on_labeled=false and "
+            "method.strong_on_filtered=false read the raw image, and this batch has no 'image'"
+        )
+    like = labeled["image_1"]
+    return torch.cat([labeled["image"], unlabeled["image"]]).to(like.dtype)
