@@ -69,7 +69,6 @@ DISPLACE_ON = ("views", "raw")
 
 class AdaptiveBidirectionalDisplacement(SegmentationMethod):
     network_names = ("net1", "net2")
-    trained_networks = network_names
     uses_unlabeled = True
     selection_model = "net1"
 

@@ -53,7 +53,6 @@ from functools import partial
 from typing import Any
 
 import torch
-from torch import nn
 
 from segssl.methods.base import softmax_of
 from segssl.methods.batch_augment import cutout_jitter
@@ -98,9 +97,6 @@ class AdaptiveBidirectionalDisplacementBCP(BidirectionalCopyPaste):
         self.grid, self.top_k, self.guided_p = grid, top_k, guided_p
         self.cps_weight, self.cutout_p, self.jitter = cps_weight, cutout_p, jitter
         super().__init__(*args, **kwargs)
-
-    def trainable(self) -> dict[str, nn.Module]:
-        return {name: self.networks[name] for name in ("net1", "net2")}
 
     def predict_fns(self):
         """Networks 1 and 2 (the code validates both); the teacher is not evaluated."""

@@ -163,9 +163,6 @@ class AlternateDiverseTeaching(SegmentationMethod):
         self._turn: list[int] | None = None
         self.register_load_state_dict_post_hook(AlternateDiverseTeaching._forget_turn)
 
-    def trainable(self) -> dict[str, nn.Module]:
-        return {"student": self.networks["student"]}
-
     # -- the alternation -----------------------------------------------------------------------
     @staticmethod
     def _forget_turn(module: nn.Module, incompatible_keys: Any) -> None:

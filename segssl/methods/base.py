@@ -83,9 +83,9 @@ class SegmentationMethod(pl.LightningModule):
     """
 
     network_names: tuple[str, ...] = ("net",)
-    # the networks trained with gradients (those of ``trainable()``, one parameter group each;
-    # a mean teacher's teacher is not), declared with network_names: the memory estimates of
-    # the settings check and the planner read it without building the method
+    # the networks trained with gradients (``trainable()``, one parameter group each; a mean
+    # teacher's teacher is not): all of network_names unless a class declares fewer. The memory
+    # estimates of the settings check and the planner read it without building the method
     trained_networks: ClassVar[tuple[str, ...]] = ("net",)
     uses_unlabeled: bool = False
     # the model checkpoints are selected on (validation) and whose Dice is the run's headline;
@@ -260,8 +260,16 @@ class SegmentationMethod(pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "trained_networks" not in cls.__dict__:
+            cls.trained_networks = cls.network_names
+        unknown = set(cls.trained_networks) - set(cls.network_names)
+        if unknown:
+            raise TypeError(f"{cls.__name__}.trained_networks names no network: {sorted(unknown)}")
+
     def trainable(self) -> dict[str, nn.Module]:
-        return dict(self.networks.items())
+        return {name: self.networks[name] for name in self.trained_networks}
 
     # -- evaluation --------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:

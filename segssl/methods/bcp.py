@@ -90,9 +90,6 @@ class BidirectionalCopyPaste(SegmentationMethod):
         self._boundary: int | None = None
         self.register_load_state_dict_post_hook(BidirectionalCopyPaste._forget_boundary)
 
-    def trainable(self) -> dict[str, nn.Module]:
-        return {"student": self.networks["student"]}
-
     def predict_fns(self):
         """The code evaluates (and selects) the student only."""
         return {"student": softmax_of(lambda x: self.run_network("student", x))}

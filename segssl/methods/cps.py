@@ -13,7 +13,6 @@ from segssl.methods.losses import SupervisedLoss, sigmoid_rampup
 
 class CrossPseudoSupervision(SegmentationMethod):
     network_names = ("net1", "net2")
-    trained_networks = network_names
     uses_unlabeled = True
     selection_model = "ensemble"
     rotates_view_2_back = True

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from segssl.methods.base import SegmentationMethod
 from segssl.methods.ema import ema_update
@@ -39,9 +38,6 @@ class MeanTeacher(SegmentationMethod):
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.supervised_loss = SupervisedLoss()
-
-    def trainable(self) -> dict[str, nn.Module]:
-        return {"student": self.networks["student"]}
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         labeled, unlabeled = batch["labeled"], batch.get("unlabeled")

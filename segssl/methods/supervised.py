@@ -10,7 +10,6 @@ from segssl.methods.losses import SupervisedLoss
 
 class Supervised(SegmentationMethod):
     network_names = ("net",)
-    trained_networks = network_names
     uses_unlabeled = False
     selection_model = "net"
 

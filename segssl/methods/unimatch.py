@@ -42,7 +42,6 @@ from segssl.models.unet import encoder_decoder
 
 class UniMatch(SegmentationMethod):
     network_names = ("net",)
-    trained_networks = network_names
     uses_unlabeled = True
     selection_model = "net"
 
