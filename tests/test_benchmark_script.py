@@ -44,6 +44,7 @@ def test_parallel_grid_ends_in_a_paired_report(tmp_path: Path) -> None:
         ["synthetic", "sweep", *TINY],
         cwd=tmp_path,
         METHODS="supervised,cps",
+        FILTERS="none",
         SEEDS="0,1",
         LABELED="1",
         JOBS="2",

@@ -524,8 +524,10 @@ def parse_label(spec: str) -> dict[str, str]:
 def baseline_pairs(groups: Sequence[Group], spec: str) -> list[tuple[Group, Group]]:
     """(group, its baseline) for every group that is not a baseline. The baseline groups are
     those whose label has every NAME=VALUE of ``spec``; each group is paired with the baseline
-    that agrees with it on the rest of the label (e.g. the same ``data.labeled``), or with the
-    only baseline there is."""
+    that agrees with it on the rest of the label (e.g. the same ``data.labeled``), else with the
+    one that agrees with it on the settings the baselines differ in (``abd filter=dsaif`` with
+    the supervised run of its labeled count, all of them ``filter=none``), else with the only
+    baseline there is."""
     wanted = parse_label(spec)
     baselines = [g for g in groups if all(g.label_parts.get(k) == v for k, v in wanted.items())]
     if not baselines:
@@ -540,6 +542,9 @@ def baseline_pairs(groups: Sequence[Group], spec: str) -> list[tuple[Group, Grou
             b for b in baselines
             if all(b.label_parts.get(k, v) == v for k, v in rest.items())
         ]  # fmt: skip
+        if not same and len(baselines) > 1:
+            varied = [k for k in rest if len({b.label_parts.get(k) for b in baselines}) > 1]
+            same = [b for b in baselines if all(b.label_parts.get(k) == rest[k] for k in varied)]
         candidates = same or (baselines if len(baselines) == 1 else [])
         if len(candidates) != 1:
             found = "; ".join(b.label for b in candidates or baselines)
