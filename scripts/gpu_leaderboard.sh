@@ -10,7 +10,9 @@
 #   python scripts/pack_acdc.py pack        # .gpu/ACDC.h5: ACDC, lossless (46 MiB)
 # Then the device call (the device tool's `run`), SEGSSL_COMMIT naming this checkout's commit
 # (the device gets the files, not the git history):
-#   command:   SEGSSL_COMMIT=<commit> EXTRA_ROWS="..." bash scripts/gpu_leaderboard.sh
+#   command:   SEGSSL_COMMIT=<commit> bash scripts/gpu_leaderboard.sh
+#   (extra rows: scripts/abd_dsaif_rows.txt unless EXTRA_ROWS / EXTRA_ROWS_FILE say otherwise;
+#   EXTRA_ROWS_FILE= for none)
 #   carry:     [".whl", ".gpu"]
 #   timeout_s: 600
 # and here, afterwards, the docs' table from the runs that came back:
@@ -108,6 +110,8 @@ fi
 settings+=("data.num_workers=$threads" ++filter.cache=true "++filter.cache_dir=$work/view_cache"
   logger=csv trainer.enable_progress_bar=false ${SEGSSL_GPU_OVERRIDES:-})
 extra_file=()
+# the ABD + DSAIF hypotheses ride along unless other extra rows are given
+if [ -z "${EXTRA_ROWS:-}${EXTRA_ROWS_FILE+set}" ]; then EXTRA_ROWS_FILE=scripts/abd_dsaif_rows.txt; fi
 [ -n "${EXTRA_ROWS_FILE:-}" ] && extra_file=(--extra-rows-file "$EXTRA_ROWS_FILE")
 python3 scripts/leaderboard_plan.py "$sweep" --methods "${METHODS:-}" \
   --filters "${FILTERS:-none,dsaif}" --seeds "${SEEDS:-0,1}" --labeled "${LABELED:-$labeled}" \

@@ -337,6 +337,7 @@ def test_gpu_script_smoke_path(tmp_path: Path) -> None:
         SEGSSL_GPU_WORK=str(tmp_path / "work"),
         METHODS="cps",
         SEEDS="0",
+        EXTRA_ROWS_FILE="",
         SEGSSL_GPU_PARALLEL="2",
         SEGSSL_GPU_THREADS="1",
         SEGSSL_GPU_BUDGET_S="400",
@@ -367,6 +368,7 @@ def test_gpu_script_lists_what_the_budget_left_out(tmp_path: Path) -> None:
         SEGSSL_GPU_WORK=str(tmp_path / "work"),
         METHODS="cps",
         SEEDS="0",
+        EXTRA_ROWS_FILE="",
         SEGSSL_GPU_RUN_S="100000",
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -393,6 +395,7 @@ def test_benchmark_script_updates_the_docs_page(tmp_path: Path) -> None:
         tmp_path,
         METHODS="cps",
         SEEDS="0",
+        EXTRA_ROWS_FILE="",
         LABELED="1",
         UPDATE_DOCS=str(page),
     )
