@@ -61,41 +61,14 @@ reserve=${SEGSSL_GPU_RESERVE_S:-60}
 parallel=${SEGSSL_GPU_PARALLEL:-8}
 threads=${SEGSSL_GPU_THREADS:-1}
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline HYDRA_FULL_ERROR=1
-elapsed() { echo $(($(date +%s) - t0)); }
-note() { echo "[$(elapsed) s] $*" | tee -a "$summary"; }
+# shellcheck source=scripts/gpu_common.sh
+source scripts/gpu_common.sh
 
 # -- 1. packages the device lacks, from the carried wheels; segssl from this checkout -----------
-wheels=${SEGSSL_GPU_WHEELS:-.whl}
-[ "$smoke" = 1 ] && wheels=${SEGSSL_GPU_WHEELS:-none}
-if [ "$wheels" != none ]; then
-  if ! ls "$wheels"/*.whl >/dev/null 2>&1; then
-    note "error: no wheels in $wheels (run scripts/gpu_wheels.sh here and carry .whl)"
-    exit 2
-  fi
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$wheels"/*.whl || { note "error: wheel install failed"; exit 2; }
-  export PYTHONPATH=/tmp/site:$repo
-  note "installed $(ls "$wheels"/*.whl | wc -l) wheels into /tmp/site"
-else
-  export PYTHONPATH=$repo
-fi
-python3 -c "import segssl, hydra, monai, higra" || { note "error: imports fail"; exit 2; }
+install_wheels
 
 # -- 2. data: the packed ACDC, unpacked and checked bit for bit (smoke: generated) -------------
-if [ -n "${SEGSSL_GPU_DATA:-}" ]; then
-  data=$SEGSSL_GPU_DATA
-elif [ "$smoke" = 1 ] && [ -z "${SEGSSL_GPU_ARCHIVE:-}" ]; then
-  data=$work/ACDC
-  python3 -c "import sys; from segssl.data.synthetic import ensure_synthetic_dataset as e
-e(sys.argv[1], num_train_patients=2, num_val_patients=1, num_test_patients=1, image_size=32,
-  slices_per_volume=4, seed=3)" "$data" || { note "error: no smoke data"; exit 2; }
-else
-  data=$work/ACDC
-  archive=${SEGSSL_GPU_ARCHIVE:-.gpu/ACDC.h5}
-  python3 scripts/pack_acdc.py unpack --archive "$archive" --dest "$data" 2>&1 | tee -a "$summary" \
-    || { note "error: unpack of $archive failed"; exit 2; }
-fi
-note "data: $data"
+prepare_acdc 1
 
 # -- 3. the plan: rows, their order, the settings every run gets -------------------------------
 labeled=3

@@ -49,36 +49,14 @@ mkdir -p "$work"
 budget=${SEGSSL_GPU_BUDGET_S:-570}
 reserve=${SEGSSL_GPU_RESERVE_S:-75}
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline HYDRA_FULL_ERROR=1
-elapsed() { echo $(($(date +%s) - t0)); }
-note() { echo "[$(elapsed) s] $*" | tee -a "$summary"; }
+# shellcheck source=scripts/gpu_common.sh
+source scripts/gpu_common.sh
 
 # -- 1. packages the device lacks, from the carried wheels; segssl from this checkout -----------
-wheels=${SEGSSL_GPU_WHEELS:-.whl}
-[ "$smoke" = 1 ] && wheels=${SEGSSL_GPU_WHEELS:-none}
-if [ "$wheels" != none ]; then
-  if ! ls "$wheels"/*.whl >/dev/null 2>&1; then
-    note "error: no wheels in $wheels (run scripts/gpu_wheels.sh here and carry .whl)"
-    exit 2
-  fi
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$wheels"/*.whl || { note "error: wheel install failed"; exit 2; }
-  export PYTHONPATH=/tmp/site:$repo
-  note "installed $(ls "$wheels"/*.whl | wc -l) wheels into /tmp/site"
-else
-  export PYTHONPATH=$repo
-fi
-python3 -c "import segssl, hydra, monai, higra" || { note "error: imports fail"; exit 2; }
+install_wheels
 
 # -- 2. data: the packed ACDC, unpacked and checked bit for bit -------------------------------
-if [ -n "${SEGSSL_GPU_DATA:-}" ]; then
-  data=$SEGSSL_GPU_DATA
-else
-  data=$work/ACDC
-  archive=${SEGSSL_GPU_ARCHIVE:-.gpu/ACDC.h5}
-  python3 scripts/pack_acdc.py unpack --archive "$archive" --dest "$data" 2>&1 | tee -a "$summary" \
-    || { note "error: unpack of $archive failed"; exit 2; }
-fi
-note "data: $data"
+prepare_acdc
 
 # -- 3. the GPU, and its utilisation in the background --------------------------------------
 pids=()
