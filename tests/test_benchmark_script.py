@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from segssl.data.synthetic import ensure_synthetic_dataset
-from tests.conftest import REPO, SMALL_SYNTHETIC, segssl_env
+from tests.conftest import REPO, SMALL_SYNTHETIC
+from tests.helpers.scripts import run_script
 
 SCRIPT = REPO / "scripts" / "benchmark.sh"
 TINY = [
@@ -25,22 +26,12 @@ TINY = [
 ]
 
 
-def run_script(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(SCRIPT), *args],
-        cwd=cwd,
-        env=segssl_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-
-
 @pytest.mark.slow
 def test_parallel_grid_ends_in_a_paired_report(tmp_path: Path) -> None:
     root = ensure_synthetic_dataset(tmp_path / "synthetic", **SMALL_SYNTHETIC)
     # relative paths are the caller's: the script runs from the checkout but resolves them first
     done = run_script(
+        "benchmark.sh",
         ["synthetic", "sweep", *TINY],
         cwd=tmp_path,
         METHODS="supervised,cps",
@@ -75,7 +66,9 @@ def test_parallel_grid_ends_in_a_paired_report(tmp_path: Path) -> None:
 
 
 def test_bad_jobs_is_refused_before_any_run(tmp_path: Path) -> None:
-    done = run_script([str(tmp_path / "none"), str(tmp_path / "sweep")], cwd=tmp_path, JOBS="two")
+    done = run_script(
+        "benchmark.sh", [str(tmp_path / "none"), str(tmp_path / "sweep")], cwd=tmp_path, JOBS="two"
+    )
     assert done.returncode == 2 and "JOBS must be a positive whole number" in done.stderr
     assert not (tmp_path / "sweep").exists()
 

@@ -10,14 +10,14 @@ import json
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from segssl.commands.report.runs import Group, ReportError, baseline_pairs
-from tests.conftest import REPO, segssl_env
+from tests.conftest import REPO
+from tests.helpers.scripts import run_script
 
 
 def load(name: str):
@@ -312,17 +312,6 @@ def test_baseline_pairs_by_what_the_baselines_differ_in() -> None:
 
 
 # -- the scripts, end to end on the CPU ---------------------------------------------------------
-def run_script(script: str, args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(REPO / "scripts" / script), *args],
-        cwd=cwd,
-        env=segssl_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-
-
 @pytest.mark.slow
 def test_gpu_script_smoke_path(tmp_path: Path) -> None:
     """SEGSSL_GPU_SMOKE=1: the device script's whole path on the CPU (generated data, 2 steps):
