@@ -20,6 +20,7 @@ from segssl.methods.region_losses import dice_ce_loss, soft_dice_loss
 from segssl.methods.steps import resolve_steps
 from tests.conftest import TINY, compose_config
 from tests.helpers.networks import Recorder
+from tests.helpers.training import training_only_trainer
 
 MODEL = {"_target_": "segssl.models.unet.UNet", "in_channels": 1, "out_channels": 4,
          "features": [4, 4, 8, 8, 8]}  # fmt: skip
@@ -302,15 +303,6 @@ def test_each_variant_trains_with_dsaif_views(override, tmp_path, tiny_data_dir)
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             losses.append(float(outputs["loss"]))
 
-    trainer = pl.Trainer(
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        callbacks=[Losses()],
-    )
+    trainer = training_only_trainer(steps, callbacks=[Losses()])
     trainer.fit(module, datamodule=datamodule)
     assert len(losses) == steps and all(math.isfinite(v) for v in losses)

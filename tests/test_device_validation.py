@@ -22,6 +22,7 @@ from segssl.evaluation.evaluator import VolumeEvaluator
 from segssl.evaluation.inference import predict_volume_2d, probs_to_labels
 from segssl.evaluation.metrics import aggregate, case_metrics
 from tests.conftest import TINY
+from tests.helpers.training import training_only_trainer
 
 NUM_CLASSES = 4
 CLASS_NAMES = ["bg", "rv", "myo", "lv"]
@@ -306,15 +307,7 @@ def test_training_losses_read_nothing_back_from_the_device(method, tmp_path, tin
         return out
 
     module.training_losses = counted
-    trainer = pl.Trainer(
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = training_only_trainer(steps)
     trainer.fit(module, datamodule=datamodule)
     assert len(counts) == steps
     assert counts == [Counter()] * steps, counts

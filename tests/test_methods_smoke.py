@@ -16,6 +16,7 @@ from pytorch_lightning.callbacks import Callback
 from segssl.runs.hydra_app import config_dir
 from tests.conftest import TINY, compose_config
 from tests.helpers.configs import group_options
+from tests.helpers.training import training_only_trainer
 
 METHODS = group_options("method")
 FILTERS = ["none", "dsaif"]
@@ -60,17 +61,7 @@ def train_steps(method: str, view: str, steps: int, tmp_path: Path, data_dir: Pa
     datamodule, module = build_data_and_method(cfg)
     before = {k: v.clone() for k, v in module.state_dict().items() if k.startswith("networks.")}
     losses = Losses()
-    trainer = pl.Trainer(
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        callbacks=[losses],
-        log_every_n_steps=1,
-    )
+    trainer = training_only_trainer(steps, callbacks=[losses], log_every_n_steps=1)
     trainer.fit(module, datamodule=datamodule)
     assert len(losses.values) == steps and all(math.isfinite(v) for v in losses.values)
     for name in module.trainable():
